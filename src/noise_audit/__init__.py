@@ -1,0 +1,24 @@
+"""noise-audit: find mislabeled images in FiftyOne datasets.
+
+Public API::
+
+    import noise_audit as na
+    dataset = na.load_image_folder("path/to/tree")
+    na.inject_label_noise(dataset.match_tags("train"), fraction=0.1)
+    results = na.audit(dataset, "ground_truth_noisy")
+    na.evaluate(dataset, "noise_audit_corruption_score")
+"""
+
+from .audit import AuditResults, __version__, audit
+from .data import load_image_folder
+from .errors import NoiseAuditError
+from .explain import most_influential
+from .metrics import detection_metrics, evaluate
+from .noise import inject_label_noise
+from .run import audit_fields, delete_audit, list_audits, load_audit
+
+__all__ = [
+    "AuditResults", "NoiseAuditError", "__version__", "audit", "audit_fields",
+    "delete_audit", "detection_metrics", "evaluate", "inject_label_noise",
+    "list_audits", "load_audit", "load_image_folder", "most_influential",
+]

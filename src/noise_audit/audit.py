@@ -1,0 +1,290 @@
+"""The audit: data -> features -> head -> influence -> scores -> fields and run.
+
+Design for scoring every sample, held-out ones too (cross-fitting):
+
+- ``train`` samples: the head is fit on ``train``; their average influence is
+  on the held-out ``test`` set, their self-influence and loss under that head.
+- ``test`` samples: a second head is fit on ``train + test``; their average
+  influence is on the ``train`` samples (roles swapped), their self-influence
+  and loss under that head.
+- label quality: K-fold out-of-sample probabilities over the whole view, so
+  every sample is predicted by a head that never saw it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score
+from sklearn.model_selection import train_test_split
+
+import fiftyone as fo
+
+from . import features as feats
+from . import head as heads
+from . import influence as infl
+from . import scores
+from .data import read_labels
+from .errors import NoiseAuditError
+from .run import audit_fields, check_key, write_audit
+
+__version__ = "0.1.0"
+DEFAULT_L2 = 3.0
+STAGES = ("features", "cross_validation", "head", "influence", "scores", "write")
+
+
+@dataclass
+class AuditResults:
+    """What an audit computed, per sample in the audited view's order."""
+
+    key: str
+    dataset: str
+    ids: np.ndarray
+    classes: list
+    labels: np.ndarray
+    is_test: np.ndarray
+    signals: dict  # name -> array (n,)
+    predictions: np.ndarray  # out-of-sample probabilities (n, C)
+    num_label_issues: int
+    config: dict
+    timings: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+
+    @property
+    def corruption_score(self):
+        return self.signals["corruption_score"]
+
+    def suspicion(self):
+        """Each signal oriented so that higher = more suspicious (for evaluation)."""
+        s = self.signals
+        return {
+            "corruption_score": s["corruption_score"],
+            "average_influence": -s["average_influence"],
+            "self_influence": s["self_influence"],
+            "label_quality": -s["label_quality"],
+            "loss": s["loss"],
+        }
+
+
+def _resolve_test(samples, data, test, seed):
+    """Boolean mask of held-out samples and a description of the split."""
+    if isinstance(test, str):
+        mask = np.array([test in t for t in data.tags])
+        desc = {"kind": "tag", "tag": test}
+    elif test is not None:
+        test_ids = set(test.values("id"))
+        mask = np.array([i in test_ids for i in data.ids])
+        desc = {"kind": "view", "n": int(mask.sum())}
+    else:
+        mask = np.array([("val" in t) or ("test" in t) for t in data.tags])
+        desc = {"kind": "tags", "tags": ["val", "test"]}
+        if not mask.any() or mask.all():
+            idx = np.arange(len(data))
+            _, held = train_test_split(idx, test_size=0.1, stratify=data.labels, random_state=seed)
+            mask = np.zeros(len(data), dtype=bool)
+            mask[held] = True
+            desc = {"kind": "stratified_split", "fraction": 0.1, "seed": seed}
+    if not mask.any():
+        raise NoiseAuditError(f"The test set {test!r} has no samples in the audited view")
+    if mask.all():
+        raise NoiseAuditError("Every sample is in the test set; nothing is left to train on")
+    if len(np.unique(data.labels[~mask])) < 2:
+        raise NoiseAuditError("The training part has fewer than two classes")
+    return mask, desc
+
+
+class _Clock:
+    def __init__(self, on_progress):
+        self.timings, self.on_progress, self._t = {}, on_progress, None
+
+    def start(self, stage):
+        self._stage, self._t = stage, time.perf_counter()
+        if self.on_progress:
+            self.on_progress(stage, STAGES.index(stage) / len(STAGES))
+
+    def stop(self):
+        self.timings[self._stage] = round(time.perf_counter() - self._t, 4)
+
+
+def _influence_signals(head, l2, method, x_fit, y_fit, x_ref, y_ref, x_eval, y_eval):
+    """Average influence on ``(x_ref, y_ref)``, self-influence and loss of ``x_eval``."""
+    model = infl.fit_influence_model(head, x_fit, y_fit, l2, method)
+    avg = infl.average_influence(model, head, x_ref, y_ref, x_eval, y_eval)
+    self_infl = infl.self_influence(model, x_eval, y_eval)
+    loss = scores.given_label_loss(heads.predict_logits(head, x_eval), y_eval)
+    return avg, self_infl, loss, model.method_name
+
+
+def audit(
+    samples,
+    label_field="ground_truth",
+    test=None,
+    key="noise_audit",
+    backbone="efficientnet_lite0",
+    weights=None,
+    transform=None,
+    image_size=224,
+    method="auto",
+    regularization=DEFAULT_L2,
+    folds=5,
+    seed=0,
+    batch_size=64,
+    cache_dir=None,
+    overwrite=False,
+    progress=True,
+    on_progress=None,
+):
+    """Audits a FiftyOne image-classification view for mislabeled samples.
+
+    Fine-tunes a softmax head on frozen backbone features, computes pyDVL
+    influence functions and cleanlab's out-of-sample label quality, combines
+    them into a corruption score (see :mod:`noise_audit.scores`), and writes
+    ``{key}_influence``, ``{key}_self_influence``, ``{key}_label_quality``,
+    ``{key}_corruption_score``, ``{key}_suspect`` and ``{key}_prediction`` to
+    every sample of ``samples``, plus a FiftyOne run ``key``. Nothing is written
+    unless the whole audit succeeds.
+
+    Args:
+        samples: a FiftyOne dataset or view of image samples.
+        label_field: the ``fo.Classification`` field to audit.
+        test: held-out samples for average influence: a view, a tag, or
+            ``None`` for the samples tagged ``val``/``test`` (else a seeded,
+            stratified 10% split).
+        key: run key and field prefix.
+        backbone: ``"efficientnet_lite0"``, ``"resnet18"`` or a
+            ``torch.nn.Module`` (then ``transform`` is required).
+        weights: backbone weights: ``None`` (default for the backbone),
+            ``"imagenet"`` or a local state-dict path.
+        transform: PIL image -> tensor, for custom backbones.
+        image_size: input side length for the named backbones.
+        method: pyDVL influence solver, ``"auto"`` or one of
+            :data:`noise_audit.influence.METHODS`.
+        regularization: L2 strength of the head (mean-loss scale), or
+            ``"auto"`` to pick it by out-of-fold log loss.
+        folds: K of the K-fold out-of-sample predictions.
+        seed: seed of splits and initialisations.
+        batch_size: images per backbone forward pass.
+        cache_dir: feature cache root; ``False`` disables caching.
+        overwrite: replace an existing audit with the same ``key``.
+        progress: show progress bars.
+        on_progress: optional ``f(stage, fraction)`` callback.
+
+    Returns:
+        an :class:`AuditResults`.
+    """
+    if samples is None or len(samples) == 0:
+        raise NoiseAuditError("The view is empty: there is nothing to audit")
+    dataset = samples._dataset
+    check_key(dataset, key, overwrite)
+    if folds < 2:
+        raise NoiseAuditError("folds must be at least 2")
+    data = read_labels(samples, label_field, min_per_class=folds)
+    is_test, split = _resolve_test(samples, data, test, seed)
+    n_classes = len(data.classes)
+    clock = _Clock(on_progress)
+    t_start = time.perf_counter()
+
+    clock.start("features")
+    bb = feats.get_backbone(backbone, weights, transform, image_size, seed)
+    raw, n_computed = feats.extract_features(
+        data.filepaths, bb, batch_size, cache_dir, progress,
+        on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
+    )
+    mean, std = raw[~is_test].mean(0), raw[~is_test].std(0) + 1e-6
+    x = ((raw - mean) / std).astype(np.float64)
+    y = data.labels
+    clock.stop()
+
+    clock.start("cross_validation")
+    l2_scores = None
+    if regularization == "auto":
+        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed)
+    else:
+        l2 = float(regularization)
+        if l2 <= 0:
+            raise NoiseAuditError("regularization must be positive (influence needs an invertible Hessian)")
+        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed)
+    oos_probs = heads.softmax(oos_logits)
+    quality = scores.label_quality(y, oos_probs)
+    clock.stop()
+
+    clock.start("head")
+    tr, te = ~is_test, is_test
+    head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed)
+    head_all, _ = heads.fit_head(x, y, n_classes, l2, seed=seed)
+    test_pred = heads.predict_logits(head, x[te]).argmax(1)
+    clock.stop()
+
+    clock.start("influence")
+    avg = np.zeros(len(y))
+    self_infl = np.zeros(len(y))
+    loss = np.zeros(len(y))
+    n_fit = np.where(tr, tr.sum(), len(y)).astype(float)
+    avg[tr], self_infl[tr], loss[tr], method_used = _influence_signals(
+        head, l2, method, x[tr], y[tr], x[te], y[te], x[tr], y[tr]
+    )
+    # Cross-fitting: held-out samples are scored by a head that saw them, with
+    # the training samples as the reference set.
+    avg[te], self_infl[te], loss[te], _ = _influence_signals(
+        head_all, l2, method, x, y, x[tr], y[tr], x[te], y[te]
+    )
+    clock.stop()
+
+    clock.start("scores")
+    loo = scores.loo_loss(loss, self_infl, n_fit)
+    score = scores.corruption_score(quality, loo)
+    n_issues = scores.estimate_num_issues(y, oos_probs)
+    suspect = scores.flag_top(score, n_issues)
+    clock.stop()
+
+    signals = {
+        "average_influence": avg, "self_influence": self_infl, "label_quality": quality,
+        "loss": loss, "loo_loss": loo, "corruption_score": score,
+    }
+    config = dict(
+        label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
+        weights=weights if isinstance(weights, (str, type(None))) else str(weights),
+        image_size=image_size, influence_method=method_used, method_requested=method,
+        regularization=l2, regularization_requested=str(regularization), folds=folds, seed=seed,
+        split=split, n_samples=len(y), n_train=int(tr.sum()), n_test=int(te.sum()),
+        n_parameters=infl.n_parameters(head), fields=audit_fields(key), version=__version__,
+        cache_dir=cache_dir if isinstance(cache_dir, str) else None,
+    )
+
+    clock.start("write")
+    preds = [
+        fo.Classification(label=data.classes[int(p.argmax())], confidence=float(p.max()), logits=lg.tolist())
+        for p, lg in zip(oos_probs, oos_logits)
+    ]
+    values = {
+        "influence": avg.tolist(), "self_influence": self_infl.tolist(),
+        "label_quality": quality.tolist(), "corruption_score": score.tolist(),
+        "suspect": suspect.tolist(), "prediction": preds,
+    }
+    classes_arr = np.array(data.classes)
+    per_class = {c: int(((classes_arr[y] == c) & suspect).sum()) for c in data.classes}
+    results_doc = dict(
+        classes=data.classes, ids=data.ids.tolist(), labels=y.tolist(), is_test=is_test.tolist(),
+        head=head.state(), feature_mean=mean.tolist(), feature_std=std.tolist(),
+        history=history, l2_scores={str(k): v for k, v in (l2_scores or {}).items()},
+        num_label_issues=n_issues, label_issues_per_class=per_class,
+        test_accuracy=float((test_pred == y[te]).mean()),
+        test_f1_macro=float(f1_score(y[te], test_pred, average="macro")),
+        test_confusion=confusion_matrix(y[te], test_pred, labels=range(n_classes)).tolist(),
+        features_computed=n_computed,
+    )
+    timings = dict(clock.timings)
+    timings["total"] = round(time.perf_counter() - t_start, 4)
+    config["timings"] = timings
+    write_audit(samples, key, data.ids.tolist(), values, config, results_doc)
+    clock.stop()
+    timings["write"] = clock.timings["write"]
+    if on_progress:
+        on_progress("done", 1.0)
+    return AuditResults(
+        key=key, dataset=dataset.name, ids=data.ids, classes=data.classes, labels=y, is_test=is_test,
+        signals=signals, predictions=oos_probs, num_label_issues=n_issues, config=config,
+        timings=timings, history=history,
+    )

@@ -1,0 +1,190 @@
+"""The ``noise-audit`` command line: a thin shell over the library.
+
+Exit codes: 0 success; 1 unexpected failure; 2 bad input (a clear message,
+nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import NoiseAuditError
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _table(rows, headers):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _fmt(x):
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _print_demo(out):
+    rows = [["corruption_score"] + [_fmt(out["corruption_score"][k]) for k in ("auroc", "average_precision", "precision_at_k")]]
+    rows += [[name] + [_fmt(m[k]) for k in ("auroc", "average_precision", "precision_at_k")] for name, m in out["baselines"].items()]
+    print(f"dataset {out['dataset']}: {out['n_samples']} samples, {out['n_flipped']} flipped, "
+          f"{out['num_label_issues_estimated']} estimated label issues, influence by {out['influence_method']}")
+    print(_table(rows, ["signal", "AUROC", "AP", "P@k"]))
+    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings_s"].items()))
+
+
+def _load_dataset(name):
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        raise NoiseAuditError(f"Dataset {name!r} not found; datasets: {fo.list_datasets()}")
+    return fo.load_dataset(name)
+
+
+def _view(dataset, tags):
+    return dataset.match_tags(tags) if tags else dataset
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    out = run_demo(args.data, args.classes, args.fraction, args.strategy, args.seed, args.name,
+                   args.backbone, args.method, args.image_size, progress=not args.json)
+    print(json.dumps(out, indent=2)) if args.json else _print_demo(out)
+
+
+def cmd_import(args):
+    from .data import load_image_folder
+
+    ds = load_image_folder(args.dir, name=args.name, overwrite=args.overwrite, classes=args.classes)
+    out = {"dataset": ds.name, "n_samples": len(ds), "tags": ds.count_sample_tags(),
+           "classes": ds.distinct("ground_truth.label")}
+    print(json.dumps(out, indent=2)) if args.json else print(
+        f"imported {out['n_samples']} samples into {out['dataset']!r}; tags {out['tags']}; {len(out['classes'])} classes")
+
+
+def cmd_inject(args):
+    from .noise import inject_label_noise
+
+    ds = _load_dataset(args.dataset)
+    out = inject_label_noise(_view(ds, args.tags), args.label_field, args.fraction, args.seed,
+                             args.noisy_field, args.flag_field, args.strategy)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"flipped {out['num_flipped']} of {out['num_samples']} labels ({out['strategy']}); "
+              f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
+
+
+def cmd_audit(args):
+    from .audit import audit
+
+    ds = _load_dataset(args.dataset)
+    reg = args.regularization if args.regularization == "auto" else float(args.regularization)
+    r = audit(_view(ds, args.tags), args.label_field, test=args.test, key=args.key, backbone=args.backbone,
+              weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
+              folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json)
+    out = {"dataset": ds.name, "key": r.key, "n_samples": len(r.ids), "num_label_issues": r.num_label_issues,
+           "influence_method": r.config["influence_method"], "fields": r.config["fields"], "timings_s": r.timings}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
+              f"{r.num_label_issues} estimated label issues; fields {list(r.config['fields'].values())}")
+
+
+def cmd_evaluate(args):
+    from .metrics import evaluate
+    from .run import audit_fields, load_audit
+
+    ds = _load_dataset(args.dataset)
+    config, _ = load_audit(ds, args.key)
+    view = ds.select(ds.load_run_results(args.key, load_view=False).ids)
+    fields = audit_fields(args.key)
+    names = ["corruption_score", "influence", "self_influence", "label_quality"]
+    out = {n: evaluate(view, fields[n], args.truth_field) for n in names}
+    out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
+                                                    label_field=config.label_field)["per_label"]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    rows = [[n] + [_fmt(out[n][k]) for k in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")] for n in names]
+    print(_table(rows, ["signal", "AUROC", "AP", "P@k", "recall@10%"]))
+    rows = [[r["label"], r["n_clean"], r["n_flipped"], _fmt(r["mean_clean"]), _fmt(r["mean_flipped"])]
+            for r in out["corruption_score"]["per_label"]]
+    print("\nmean corruption score by given label")
+    print(_table(rows, ["label", "clean", "flipped", "mean clean", "mean flipped"]))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="noise-audit", description="Find mislabeled images in FiftyOne datasets.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return sp
+
+    d = add("demo", cmd_demo, "Import, inject 10%% flips, audit and evaluate; offline on a fresh machine.")
+    d.add_argument("--data", help="an image folder tree (default: scikit-learn's digits as PNGs)")
+    d.add_argument("--classes", nargs="+", help="only these class folders")
+    d.add_argument("--fraction", type=float, default=0.1)
+    d.add_argument("--strategy", default="uniform", choices=["uniform", "pair"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--name", help="dataset name (replaced if it exists)")
+    d.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet18"])
+    d.add_argument("--method", default="auto")
+    d.add_argument("--image-size", type=int)
+
+    i = add("import", cmd_import, "Import an ImageClassificationDirectoryTree (split folders become tags).")
+    i.add_argument("dir")
+    i.add_argument("--name")
+    i.add_argument("--classes", nargs="+")
+    i.add_argument("--overwrite", action="store_true")
+
+    j = add("inject", cmd_inject, "Write a copy of the labels with a share of them flipped, and the truth.")
+    j.add_argument("--dataset", required=True)
+    j.add_argument("--label-field", default="ground_truth")
+    j.add_argument("--fraction", type=float, default=0.1)
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--strategy", default="uniform", choices=["uniform", "pair", "influential"])
+    j.add_argument("--tags", nargs="+", help="flip only samples with these tags (e.g. train)")
+    j.add_argument("--noisy-field")
+    j.add_argument("--flag-field", default="label_flipped")
+
+    a = add("audit", cmd_audit, "Audit a dataset's labels and write scores into it.")
+    a.add_argument("--dataset", required=True)
+    a.add_argument("--label-field", default="ground_truth")
+    a.add_argument("--tags", nargs="+", help="audit only samples with these tags")
+    a.add_argument("--test", help="tag of the held-out samples (default val/test, else a 10%% split)")
+    a.add_argument("--key", default="noise_audit")
+    a.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet18"])
+    a.add_argument("--weights", help="'imagenet' or a local state-dict path")
+    a.add_argument("--image-size", type=int, default=224)
+    a.add_argument("--method", default="auto")
+    a.add_argument("--regularization", default="3.0", help="L2 strength or 'auto'")
+    a.add_argument("--folds", type=int, default=5)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--overwrite", action="store_true")
+
+    e = add("evaluate", cmd_evaluate, "Detection metrics of an audit against a truth field.")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--key", default="noise_audit")
+    e.add_argument("--truth-field", default="label_flipped")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except NoiseAuditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

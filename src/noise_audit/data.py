@@ -1,0 +1,150 @@
+"""Stage 1, data: import image folders and read a view's labels into arrays.
+
+Everything downstream works on :class:`LabeledImages`, plain arrays taken from a
+FiftyOne collection once, so that the model stages never talk to the database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+import fiftyone as fo
+import fiftyone.types as fot
+
+from .errors import NoiseAuditError
+
+SPLIT_TAGS = ("train", "val", "test")
+
+
+def load_image_folder(root, name=None, overwrite=False, splits=None, classes=None):
+    """Imports an ``ImageClassificationDirectoryTree`` into a FiftyOne dataset.
+
+    Two layouts are understood:
+
+    - ``root/<label>/<image>``: one split, no tags;
+    - ``root/<split>/<label>/<image>`` with ``<split>`` in ``train``, ``val``,
+      ``test``: each split is imported with FiftyOne's importer and its samples
+      are tagged with the split's name.
+
+    Args:
+        root: the folder.
+        name: the dataset name; default the folder's name.
+        overwrite: replace an existing dataset of that name.
+        splits: only these split folders (default all that exist).
+        classes: only these class folders (default all).
+
+    Returns:
+        a :class:`fiftyone.core.dataset.Dataset` with labels in ``ground_truth``.
+    """
+    root = os.path.abspath(os.path.expanduser(str(root)))
+    if not os.path.isdir(root):
+        raise NoiseAuditError(f"Image folder not found: {root}")
+    name = name or os.path.basename(root.rstrip(os.sep))
+    present = [s for s in SPLIT_TAGS if os.path.isdir(os.path.join(root, s))]
+    if splits is not None:
+        missing = [s for s in splits if s not in present]
+        if missing:
+            raise NoiseAuditError(f"Split folders not found under {root}: {missing}")
+        present = list(splits)
+    if fo.dataset_exists(name) and not overwrite:
+        raise NoiseAuditError(
+            f"Dataset {name!r} exists; pass overwrite=True to replace it"
+        )
+    dataset = fo.Dataset(name, overwrite=overwrite, persistent=True)
+    if present:
+        for split in present:
+            dataset.add_dir(
+                dataset_dir=os.path.join(root, split),
+                dataset_type=fot.ImageClassificationDirectoryTree,
+                label_field="ground_truth",
+                tags=split,
+                classes=classes,
+            )
+    else:
+        dataset.add_dir(
+            dataset_dir=root,
+            dataset_type=fot.ImageClassificationDirectoryTree,
+            label_field="ground_truth",
+            classes=classes,
+        )
+    if len(dataset) == 0:
+        dataset.delete()
+        raise NoiseAuditError(f"No images found under {root}")
+    return dataset
+
+
+@dataclass
+class LabeledImages:
+    """A view's samples as arrays, in the view's order."""
+
+    ids: np.ndarray  # sample ids (str)
+    filepaths: np.ndarray  # str
+    labels: np.ndarray  # int class index
+    classes: list  # class names, sorted; labels index into it
+    tags: list  # per-sample list of tags
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def classification_fields(samples):
+    """Names of the top-level ``fo.Classification`` fields of a collection."""
+    schema = samples.get_field_schema(embedded_doc_type=fo.Classification)
+    return sorted(schema)
+
+
+def read_labels(samples, label_field, min_per_class=1):
+    """Reads ids, paths and integer labels of a view, checking them first.
+
+    Raises :class:`NoiseAuditError` for an empty view, a missing or
+    non-``Classification`` field, unlabeled samples, fewer than two classes or a
+    class with fewer than ``min_per_class`` samples.
+    """
+    if samples is None or len(samples) == 0:
+        raise NoiseAuditError("The view is empty: there is nothing to audit")
+    schema = samples.get_field_schema()
+    if label_field not in schema:
+        raise NoiseAuditError(
+            f"Label field {label_field!r} not found; Classification fields here: "
+            f"{classification_fields(samples)}"
+        )
+    field = schema[label_field]
+    if getattr(field, "document_type", None) is not fo.Classification:
+        raise NoiseAuditError(
+            f"Field {label_field!r} is {type(field).__name__}"
+            f"({getattr(field, 'document_type', None).__name__ if getattr(field, 'document_type', None) else ''}),"
+            f" not a fo.Classification field; Classification fields here: "
+            f"{classification_fields(samples)}"
+        )
+    ids, paths, names, tags = samples.values(
+        ["id", "filepath", f"{label_field}.label", "tags"]
+    )
+    unlabeled = [p for p, n in zip(paths, names) if n is None]
+    if unlabeled:
+        raise NoiseAuditError(
+            f"{len(unlabeled)} samples have no {label_field!r} label, e.g. {unlabeled[:3]}"
+        )
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        raise NoiseAuditError(
+            f"Need at least two classes in {label_field!r}; found {classes}"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(classes))
+    small = {classes[i]: int(c) for i, c in enumerate(counts) if c < min_per_class}
+    if small:
+        raise NoiseAuditError(
+            f"Each class needs at least {min_per_class} samples for the "
+            f"cross-validation folds; too few in {small}"
+        )
+    return LabeledImages(
+        ids=np.array(ids),
+        filepaths=np.array(paths),
+        labels=labels,
+        classes=classes,
+        tags=list(tags),
+    )

@@ -1,0 +1,73 @@
+"""Single-image explanations: which training images drove a prediction.
+
+The seed notebook's picture: for one test image, the training images with the
+most positive influence (they pull the model towards the image's label) and
+the most negative (they pull away; often mislabeled look-alikes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import features as feats
+from . import influence as infl
+from .errors import NoiseAuditError
+from .head import LinearHead
+from .run import load_audit
+
+
+def _audit_features(dataset, config, results, ids):
+    bb = feats.get_backbone(config.backbone, config.weights, None, config.image_size, config.seed)
+    if bb.cache_id != config.backbone_id:
+        raise NoiseAuditError("The backbone's features changed since the audit (weights or code); re-run the audit")
+    paths = dataset.select(ids, ordered=True).values("filepath")
+    raw, _ = feats.extract_features(paths, bb, cache_dir=config.cache_dir, progress=False)
+    mean, std = np.array(results.feature_mean), np.array(results.feature_std)
+    return (raw - mean) / std
+
+
+def most_influential(dataset, sample_id, key="noise_audit", k=3):
+    """The ``k`` most and least influential training samples for one sample.
+
+    Influence of each training sample of audit ``key`` on ``sample_id`` (its
+    label as audited), under the audit's head and solver. Positive = helpful.
+
+    Returns:
+        ``{"sample_id", "label", "most": [...], "least": [...]}`` where each
+        entry is ``{"id", "filepath", "label", "influence"}``, most helpful
+        first in ``most`` and most harmful first in ``least``.
+    """
+    config, results = load_audit(dataset, key)
+    ids = list(results.ids)
+    labels = np.array(results.labels)
+    is_test = np.array(results.is_test)
+    train_ids = [i for i, t in zip(ids, is_test) if not t]
+    if sample_id in ids:
+        label = int(labels[ids.index(sample_id)])
+    else:
+        sample = dataset[sample_id]
+        name = sample[config.label_field].label if sample[config.label_field] else None
+        if name not in results.classes:
+            raise NoiseAuditError(f"Sample {sample_id} has no label among the audit's classes")
+        label = results.classes.index(name)
+    x = _audit_features(dataset, config, results, train_ids + [sample_id])
+    x_train, x_one = x[:-1], x[-1:]
+    y_train = labels[~is_test]
+    head = LinearHead.from_state(results.head)
+    model = infl.fit_influence_model(head, x_train, y_train, config.regularization, config.influence_method)
+    values = infl.influences_on(model, x_one, [label], x_train, y_train)[0]
+    order = np.argsort(-values)
+    paths = dict(zip(*dataset.select(train_ids).values(["id", "filepath"])))
+
+    def entry(i):
+        return {
+            "id": train_ids[i], "filepath": paths[train_ids[i]],
+            "label": results.classes[int(y_train[i])], "influence": float(values[i]),
+        }
+
+    return {
+        "sample_id": sample_id,
+        "label": results.classes[label],
+        "most": [entry(i) for i in order[:k]],
+        "least": [entry(i) for i in order[::-1][:k]],
+    }

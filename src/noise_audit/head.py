@@ -1,0 +1,163 @@
+"""Stage 3, head: an L2-regularised softmax classifier on frozen features.
+
+Influence functions assume the model sits at a minimum of its training
+objective, so the head is trained to one: full-batch L-BFGS with a strong-Wolfe
+line search, in float64, on
+
+    mean cross-entropy + (l2 / 2) * ||theta||^2
+
+until the gradient vanishes. The same ``l2`` is then handed to pyDVL as the
+Hessian regularisation, so the Hessian it inverts is exactly the Hessian of
+this objective.
+
+:func:`cross_val_probs` gives K-fold out-of-sample predicted probabilities, the
+input cleanlab needs; :func:`select_l2` picks ``l2`` by out-of-fold log loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import StratifiedKFold
+
+DTYPE = torch.float64
+L2_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+class LinearHead(torch.nn.Module):
+    """``logits = x @ W.T + b``; the only trained part of the model."""
+
+    def __init__(self, n_features, n_classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_features, n_classes, dtype=DTYPE)
+
+    def forward(self, x):
+        return self.fc(x)
+
+    def state(self):
+        """JSON-serialisable weights."""
+        return {"weight": self.fc.weight.detach().tolist(), "bias": self.fc.bias.detach().tolist()}
+
+    @classmethod
+    def from_state(cls, state):
+        w = torch.tensor(state["weight"], dtype=DTYPE)
+        head = cls(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            head.fc.weight.copy_(w)
+            head.fc.bias.copy_(torch.tensor(state["bias"], dtype=DTYPE))
+        return head
+
+
+def as_tensor(x, dtype=DTYPE):
+    return torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+def objective(head, x, y, l2):
+    """Mean cross-entropy plus the L2 penalty: what the head minimises."""
+    penalty = sum((p**2).sum() for p in head.parameters())
+    return F.cross_entropy(head(x), y) + 0.5 * l2 * penalty
+
+
+def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0):
+    """Trains a :class:`LinearHead` to the minimum of :func:`objective`.
+
+    Args:
+        x: standardised features ``(n, d)``.
+        y: integer labels ``(n,)``.
+        n_classes: number of classes.
+        l2: L2 regularisation strength (per-sample scale, see module doc).
+        max_iter: L-BFGS iteration cap.
+        x_val, y_val: optional held-out data, to record a validation loss curve.
+        seed: initialisation seed.
+
+    Returns:
+        ``(head, history)``; ``history`` holds ``train_loss`` and
+        ``val_loss`` per L-BFGS step and the final ``grad_norm``.
+    """
+    torch.manual_seed(seed)
+    x, y = as_tensor(x), torch.as_tensor(np.asarray(y), dtype=torch.long)
+    head = LinearHead(x.shape[1], n_classes)
+    with torch.no_grad():  # start from zero: deterministic, and the problem is convex
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+    has_val = x_val is not None and len(x_val)
+    if has_val:
+        xv, yv = as_tensor(x_val), torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    history = {"train_loss": [], "val_loss": []}
+    opt = torch.optim.LBFGS(
+        head.parameters(), lr=1, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = objective(head, x, y, l2)
+        loss.backward()
+        return loss
+
+    # One L-BFGS call runs up to max_iter steps; calling step repeatedly in
+    # chunks lets us record the loss curves along the way.
+    chunk = 10
+    for _ in range(0, max_iter, chunk):
+        opt.param_groups[0]["max_iter"] = chunk
+        opt.step(closure)
+        with torch.no_grad():
+            history["train_loss"].append(float(F.cross_entropy(head(x), y)))
+            if has_val:
+                history["val_loss"].append(float(F.cross_entropy(head(xv), yv)))
+        grad = torch.cat([p.grad.flatten() for p in head.parameters()])
+        if grad.abs().max() < 1e-8:
+            break
+    opt.zero_grad()
+    loss = objective(head, x, y, l2)
+    loss.backward()
+    history["grad_norm"] = float(torch.cat([p.grad.flatten() for p in head.parameters()]).norm())
+    opt.zero_grad()
+    for p in head.parameters():
+        p.grad = None
+    return head, history
+
+
+@torch.no_grad()
+def predict_logits(head, x):
+    return head(as_tensor(x)).numpy()
+
+
+def softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0):
+    """Out-of-sample logits for every sample by stratified K-fold.
+
+    Each sample's logits come from a head that never saw it, which is what
+    cleanlab's confident learning requires.
+    """
+    y = np.asarray(y)
+    logits = np.zeros((len(y), n_classes))
+    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed)
+        logits[test_idx] = predict_logits(head, x[test_idx])
+    return logits
+
+
+def log_loss(logits, y):
+    probs = softmax(logits)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+
+
+def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0):
+    """Picks ``l2`` from ``grid`` by out-of-fold log loss on the given labels.
+
+    Returns ``(l2, out-of-fold logits at that l2, {l2: log loss})``.
+    """
+    scores, best = {}, None
+    for l2 in grid:
+        logits = cross_val_probs(x, y, n_classes, l2, folds, seed)
+        scores[l2] = log_loss(logits, y)
+        if best is None or scores[l2] < scores[best[0]]:
+            best = (l2, logits)
+    return best[0], best[1], scores

@@ -1,0 +1,105 @@
+"""Stage 7, metrics: how well a score finds known label flips.
+
+Ranking metrics, computed with scikit-learn, for a score where higher means
+"more likely flipped":
+
+- AUROC: probability that a random flipped sample outranks a random clean one;
+- average precision: area under the precision-recall curve;
+- precision@k with ``k`` = number of flipped samples (= recall@k then);
+- recall after inspecting the top 5%, 10% and 20% of the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from .errors import NoiseAuditError
+
+# Signals where *low* values mark suspects; evaluate() flips their sign.
+LOW_IS_SUSPICIOUS = ("_influence", "_label_quality")
+INSPECT_FRACTIONS = (0.05, 0.10, 0.20)
+
+
+def detection_metrics(scores, flipped):
+    """Detection metrics of ``scores`` (higher = suspicious) against ``flipped``."""
+    scores = np.asarray(scores, dtype=float)
+    flipped = np.asarray(flipped, dtype=bool)
+    if flipped.all() or not flipped.any():
+        raise NoiseAuditError("Need both flipped and clean samples to evaluate detection")
+    order = np.argsort(-scores, kind="stable")
+    k = int(flipped.sum())
+    out = {
+        "auroc": float(roc_auc_score(flipped, scores)),
+        "average_precision": float(average_precision_score(flipped, scores)),
+        "precision_at_k": float(flipped[order[:k]].mean()),
+        "k": k,
+        "n": len(scores),
+    }
+    for frac in INSPECT_FRACTIONS:
+        m = int(np.ceil(frac * len(scores)))
+        out[f"recall_at_{int(frac * 100)}pct"] = float(flipped[order[:m]].sum() / k)
+    return out
+
+
+def pr_curve(scores, flipped):
+    """Precision-recall curve points ``{"precision": [...], "recall": [...]}``."""
+    p, r, _ = precision_recall_curve(np.asarray(flipped, bool), np.asarray(scores, float))
+    return {"precision": p.tolist(), "recall": r.tolist()}
+
+
+def per_label_table(scores, flipped, labels):
+    """The seed's table: per given label, mean score of clean and flipped samples."""
+    scores, flipped, labels = np.asarray(scores, float), np.asarray(flipped, bool), np.asarray(labels)
+    rows = []
+    for label in sorted(set(labels.tolist())):
+        m = labels == label
+        rows.append(
+            {
+                "label": label,
+                "n_clean": int((m & ~flipped).sum()),
+                "n_flipped": int((m & flipped).sum()),
+                "mean_clean": float(scores[m & ~flipped].mean()) if (m & ~flipped).any() else None,
+                "mean_flipped": float(scores[m & flipped].mean()) if (m & flipped).any() else None,
+            }
+        )
+    return rows
+
+
+def evaluate(samples, score_field, truth_field="label_flipped", label_field=None, higher_is_suspicious=None):
+    """Detection metrics of a score field against a boolean truth field.
+
+    Args:
+        samples: a FiftyOne collection (e.g. the audited view).
+        score_field: a numeric field, e.g. ``"noise_audit_corruption_score"``.
+        truth_field: boolean field, ``True`` where the label was flipped.
+        label_field: optional label field for the per-label table
+            (``"<field>.label"`` values); default: none.
+        higher_is_suspicious: direction of the score; by default ``False`` for
+            fields ending in ``_influence`` or ``_label_quality``.
+
+    Returns:
+        the metrics of :func:`detection_metrics`, plus ``per_label`` when
+        ``label_field`` is given.
+    """
+    if len(samples) == 0:
+        raise NoiseAuditError("The view is empty")
+    schema = samples.get_field_schema()
+    for f in (score_field, truth_field):
+        if f not in schema:
+            raise NoiseAuditError(f"Field {f!r} not found")
+    scores, truth = samples.values([score_field, truth_field])
+    keep = [i for i, (s, t) in enumerate(zip(scores, truth)) if s is not None and t is not None]
+    if not keep:
+        raise NoiseAuditError(f"No sample has both {score_field!r} and {truth_field!r}")
+    scores = np.array([scores[i] for i in keep], dtype=float)
+    truth = np.array([truth[i] for i in keep], dtype=bool)
+    if higher_is_suspicious is None:
+        higher_is_suspicious = not score_field.endswith(LOW_IS_SUSPICIOUS) or score_field.endswith("_self_influence")
+    signed = scores if higher_is_suspicious else -scores
+    out = detection_metrics(signed, truth)
+    if label_field:
+        labels = samples.values(f"{label_field}.label")
+        out["per_label"] = per_label_table(scores, truth, [labels[i] for i in keep])
+    out["score_field"], out["truth_field"] = score_field, truth_field
+    return out

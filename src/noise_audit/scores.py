@@ -1,0 +1,69 @@
+"""Stage 5, scores: per-sample signals and the corruption score.
+
+Signals (one value per sample):
+
+- ``label_quality``: cleanlab's self-confidence, the K-fold out-of-sample
+  probability of the given label (low = suspicious).
+- ``loss``: in-sample cross-entropy of the given label under the head.
+- ``self_influence``: ``<H^{-1} g, g>``; large when the model bends to fit
+  the sample.
+- ``loo_loss``: ``loss + self_influence / n``, the influence-function estimate
+  of the sample's loss had it been left out of training (Koh & Liang's
+  first-order leave-one-out).
+- ``average_influence``: mean influence on the held-out test set (low or
+  negative = the sample hurts test loss).
+
+The **corruption score** averages two independent estimates of the
+out-of-sample probability of the given label, cleanlab's K-fold one and the
+influence-function leave-one-out one, and returns the complement::
+
+    score = 1 - (label_quality + exp(-loo_loss)) / 2
+
+It lies in [0, 1]; higher means more likely mislabeled. The two estimates err
+differently (K-fold refits on 80% of the data; the influence estimate is exact
+to first order around the full-data minimum), so their mean ranks flips better
+than either. Average influence is reported alongside but not mixed in: on its
+own it is a weak detector (the seed notebook's lesson, confirmed by
+``bench/``), and adding it lowers precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cleanlab.count import num_label_issues
+from cleanlab.rank import get_label_quality_scores
+
+
+def label_quality(labels, pred_probs):
+    """cleanlab's self-confidence label quality in [0, 1] (low = suspicious)."""
+    return get_label_quality_scores(np.asarray(labels), pred_probs, method="self_confidence")
+
+
+def given_label_loss(logits, labels):
+    """Cross-entropy of the given label for each sample."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -logp[np.arange(len(labels)), np.asarray(labels)]
+
+
+def loo_loss(loss, self_influence, n_train):
+    """First-order leave-one-out loss: ``loss + self_influence / n_train``."""
+    return loss + np.maximum(self_influence, 0.0) / n_train
+
+
+def corruption_score(label_quality, loo_loss):
+    """``1 - mean(p_kfold(y), p_loo(y))`` in [0, 1] (see module doc)."""
+    return 1.0 - 0.5 * (np.asarray(label_quality) + np.exp(-np.asarray(loo_loss)))
+
+
+def estimate_num_issues(labels, pred_probs):
+    """cleanlab's estimate of how many labels are wrong (confident learning)."""
+    return int(num_label_issues(np.asarray(labels), pred_probs))
+
+
+def flag_top(scores, n):
+    """Boolean mask of the ``n`` highest scores (ties broken by position)."""
+    flags = np.zeros(len(scores), dtype=bool)
+    if n > 0:
+        flags[np.argsort(-np.asarray(scores), kind="stable")[:n]] = True
+    return flags
