@@ -7,8 +7,11 @@ nothing written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+import warnings
 
 from .errors import NoiseAuditError
 
@@ -25,13 +28,15 @@ def _fmt(x):
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def _print_demo(out):
+def _format_demo(out):
     rows = [["corruption_score"] + [_fmt(out["corruption_score"][k]) for k in ("auroc", "average_precision", "precision_at_k")]]
     rows += [[name] + [_fmt(m[k]) for k in ("auroc", "average_precision", "precision_at_k")] for name, m in out["baselines"].items()]
-    print(f"dataset {out['dataset']}: {out['n_samples']} samples, {out['n_flipped']} flipped, "
-          f"{out['num_label_issues_estimated']} estimated label issues, influence by {out['influence_method']}")
-    print(_table(rows, ["signal", "AUROC", "AP", "P@k"]))
-    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings_s"].items()))
+    return "\n".join([
+        f"dataset {out['dataset']}: {out['n_samples']} samples, {out['n_flipped']} flipped, "
+        f"{out['num_label_issues_estimated']} estimated label issues, influence by {out['influence_method']}",
+        _table(rows, ["signal", "AUROC", "AP", "P@k"]),
+        "timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings_s"].items()),
+    ])
 
 
 def _load_dataset(name):
@@ -51,7 +56,7 @@ def cmd_demo(args):
 
     out = run_demo(args.data, args.classes, args.fraction, args.strategy, args.seed, args.name,
                    args.backbone, args.method, args.image_size, progress=not args.json)
-    print(json.dumps(out, indent=2)) if args.json else _print_demo(out)
+    return json.dumps(out, indent=2) if args.json else _format_demo(out)
 
 
 def cmd_import(args):
@@ -60,8 +65,9 @@ def cmd_import(args):
     ds = load_image_folder(args.dir, name=args.name, overwrite=args.overwrite, classes=args.classes)
     out = {"dataset": ds.name, "n_samples": len(ds), "tags": ds.count_sample_tags(),
            "classes": ds.distinct("ground_truth.label")}
-    print(json.dumps(out, indent=2)) if args.json else print(
-        f"imported {out['n_samples']} samples into {out['dataset']!r}; tags {out['tags']}; {len(out['classes'])} classes")
+    if args.json:
+        return json.dumps(out, indent=2)
+    return f"imported {out['n_samples']} samples into {out['dataset']!r}; tags {out['tags']}; {len(out['classes'])} classes"
 
 
 def cmd_inject(args):
@@ -71,10 +77,9 @@ def cmd_inject(args):
     out = inject_label_noise(_view(ds, args.tags), args.label_field, args.fraction, args.seed,
                              args.noisy_field, args.flag_field, args.strategy)
     if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        print(f"flipped {out['num_flipped']} of {out['num_samples']} labels ({out['strategy']}); "
-              f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
+        return json.dumps(out, indent=2)
+    return (f"flipped {out['num_flipped']} of {out['num_samples']} labels ({out['strategy']}); "
+            f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
 
 
 def cmd_audit(args):
@@ -88,10 +93,9 @@ def cmd_audit(args):
     out = {"dataset": ds.name, "key": r.key, "n_samples": len(r.ids), "num_label_issues": r.num_label_issues,
            "influence_method": r.config["influence_method"], "fields": r.config["fields"], "timings_s": r.timings}
     if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        print(f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
-              f"{r.num_label_issues} estimated label issues; fields {list(r.config['fields'].values())}")
+        return json.dumps(out, indent=2)
+    return (f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
+            f"{r.num_label_issues} estimated label issues; fields {list(r.config['fields'].values())}")
 
 
 def cmd_evaluate(args):
@@ -107,14 +111,15 @@ def cmd_evaluate(args):
     out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
                                                     label_field=config.label_field)["per_label"]
     if args.json:
-        print(json.dumps(out, indent=2))
-        return
+        return json.dumps(out, indent=2)
     rows = [[n] + [_fmt(out[n][k]) for k in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")] for n in names]
-    print(_table(rows, ["signal", "AUROC", "AP", "P@k", "recall@10%"]))
-    rows = [[r["label"], r["n_clean"], r["n_flipped"], _fmt(r["mean_clean"]), _fmt(r["mean_flipped"])]
-            for r in out["corruption_score"]["per_label"]]
-    print("\nmean corruption score by given label")
-    print(_table(rows, ["label", "clean", "flipped", "mean clean", "mean flipped"]))
+    labels = [[r["label"], r["n_clean"], r["n_flipped"], _fmt(r["mean_clean"]), _fmt(r["mean_flipped"])]
+              for r in out["corruption_score"]["per_label"]]
+    return "\n".join([
+        _table(rows, ["signal", "AUROC", "AP", "P@k", "recall@10%"]),
+        "", "mean corruption score by given label",
+        _table(labels, ["label", "clean", "flipped", "mean clean", "mean flipped"]),
+    ])
 
 
 def build_parser():
@@ -176,13 +181,49 @@ def build_parser():
     return p
 
 
+class _StderrProxy:
+    """Stands in for stdout while a command runs, so what libraries print
+    (FiftyOne's progress bars) lands on stderr and stdout holds only results.
+    A distinct object, not ``sys.stderr`` itself: ETA's progress bars re-point
+    every log handler whose stream *is* ``sys.stdout``."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+    def isatty(self):
+        return sys.stderr.isatty()
+
+    def __getattr__(self, name):
+        return getattr(sys.stderr, name)
+
+
+def _logs_to_stderr():
+    """FiftyOne logs and progress bars go to stderr, so stdout holds only results."""
+    import fiftyone  # noqa: F401 - installs its log handlers
+
+    for handler in logging.getLogger("fiftyone").handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # Deprecation chatter of dependencies (pyDVL's decorators) is noise to users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="pydvl")
+    stdout = sys.stdout
+    _logs_to_stderr()
     try:
-        args.func(args)
+        with contextlib.redirect_stdout(_StderrProxy()):
+            result = args.func(args)
     except NoiseAuditError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if result is not None:
+        print(result, file=stdout)
     return EXIT_OK
 
 

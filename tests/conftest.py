@@ -1,0 +1,64 @@
+"""Test set-up: a separate FiftyOne database, real images from ../shared/data.
+
+The environment is set before FiftyOne is imported, so tests never touch a
+user's datasets: they use the database ``noise_audit_tests`` (or whatever
+``FIFTYONE_DATABASE_NAME`` says) and throw-away dataset names.
+"""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FIFTYONE_DATABASE_NAME", "noise_audit_tests")
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ.setdefault("NOISE_AUDIT_CACHE", str(ROOT / ".cache" / "noise_audit"))
+
+import fiftyone as fo  # noqa: E402
+
+SHARED = Path(os.environ.get("NOISE_AUDIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TINY = SHARED / "tiny-imagenet-10"
+requires_shared = pytest.mark.skipif(
+    not TINY.is_dir(), reason=f"real images not found at {TINY} (../shared/data beside the repo)"
+)
+SMALL_CLASSES = ("goldfish", "orange", "alp")
+
+
+def unique_name(prefix="na-test"):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_small_dataset():
+    """Factory: a throw-away dataset of real Tiny ImageNet images, tagged by split."""
+    made = []
+
+    def make(classes=SMALL_CLASSES, n_train=40, n_val=10):
+        ds = fo.Dataset(unique_name())
+        samples = []
+        for split, n in (("train", n_train), ("val", n_val)):
+            for c in classes:
+                for path in sorted((TINY / split / c).iterdir())[:n]:
+                    samples.append(fo.Sample(filepath=str(path), tags=[split], ground_truth=fo.Classification(label=c)))
+        ds.add_samples(samples, progress=False)
+        made.append(ds)
+        return ds
+
+    yield make
+    for ds in made:
+        if fo.dataset_exists(ds.name):
+            ds.delete()
+
+
+@pytest.fixture(scope="session")
+def seed_dataset():
+    """The seed scenario: dining_table vs gondola, train/ and val/ (1,100 images)."""
+    if not TINY.is_dir():
+        pytest.skip(f"real images not found at {TINY}")
+    import noise_audit as na
+
+    ds = na.load_image_folder(TINY, name=unique_name("na-seed"), classes=["dining_table", "gondola"])
+    yield ds
+    ds.delete()

@@ -1,0 +1,59 @@
+"""The command line, run as a user would: a subprocess per command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import fiftyone as fo
+import pytest
+
+from conftest import TINY, requires_shared, unique_name
+
+pytestmark = requires_shared
+
+
+def cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "noise_audit.cli", *args], capture_output=True, text=True, env=os.environ.copy(), timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("command", ["demo", "import", "inject", "audit", "evaluate"])
+def test_every_subcommand_has_help(command):
+    out = cli(command, "--help").stdout
+    assert "--json" in out and "usage: noise-audit" in out
+
+
+def test_import_inject_audit_evaluate(tmp_path):
+    name = unique_name()
+    try:
+        out = json.loads(cli("import", str(TINY), "--name", name, "--classes", "orange", "alp", "--json").stdout)
+        assert out["n_samples"] == 1100 and out["tags"] == {"train": 1000, "val": 100}
+        ds = fo.load_dataset(name)
+        ds.delete_samples(ds.match_tags("train").exclude(ds.match_tags("train").take(100, seed=0).values("id")))
+        inj = json.loads(cli("inject", "--dataset", name, "--tags", "train", "--fraction", "0.2", "--json").stdout)
+        assert inj["num_flipped"] == 20
+        res = json.loads(cli("audit", "--dataset", name, "--label-field", "ground_truth_noisy",
+                             "--image-size", "64", "--json").stdout)
+        assert res["n_samples"] == 200 and res["influence_method"] == "direct"
+        ev = json.loads(cli("evaluate", "--dataset", name, "--json").stdout)
+        assert ev["corruption_score"]["auroc"] > 0.8
+        assert {r["label"] for r in ev["corruption_score"]["per_label"]} == {"orange", "alp"}
+        human = cli("evaluate", "--dataset", name).stdout
+        assert "corruption_score" in human and "mean corruption score by given label" in human
+        again = cli("audit", "--dataset", name, "--label-field", "ground_truth_noisy", check=False)
+        assert again.returncode == 2 and "error:" in again.stderr and "overwrite" in again.stderr
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_bad_input_exits_2_with_one_message():
+    proc = cli("audit", "--dataset", unique_name("missing"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Dataset")
+    assert "Traceback" not in proc.stderr
