@@ -9,6 +9,10 @@ Public API::
     na.evaluate(dataset, "noise_audit_corruption_score")
 """
 
+# FiftyOne first: importing it after dask (a pyDVL dependency) fails with
+# importlib-metadata>=8 (see pyproject.toml).
+import fiftyone  # noqa: F401, I001
+
 from .audit import AuditResults, __version__, audit
 from .data import load_image_folder
 from .errors import NoiseAuditError

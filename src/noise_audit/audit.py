@@ -1,12 +1,14 @@
 """The audit: data -> features -> head -> influence -> scores -> fields and run.
 
-Design for scoring every sample, held-out ones too (cross-fitting):
+Design for scoring every sample, held-out ones too:
 
-- ``train`` samples: the head is fit on ``train``; their average influence is
-  on the held-out ``test`` set, their self-influence and loss under that head.
-- ``test`` samples: a second head is fit on ``train + test``; their average
-  influence is on the ``train`` samples (roles swapped), their self-influence
-  and loss under that head.
+- one head is fit on the ``train`` part; all influence quantities use it;
+- ``train`` samples: average influence on the held-out ``test`` set;
+  ``loo_loss`` = loss + self-influence / n_train (first-order leave-one-out);
+- ``test`` samples (roles swapped): average influence on the ``train`` set,
+  i.e. whether adding the sample to training would help fit the training
+  data; their loss under the head is already out-of-sample, so ``loo_loss``
+  is that loss;
 - label quality: K-fold out-of-sample probabilities over the whole view, so
   every sample is predicted by a head that never saw it.
 """
@@ -108,15 +110,6 @@ class _Clock:
         self.timings[self._stage] = round(time.perf_counter() - self._t, 4)
 
 
-def _influence_signals(head, l2, method, x_fit, y_fit, x_ref, y_ref, x_eval, y_eval):
-    """Average influence on ``(x_ref, y_ref)``, self-influence and loss of ``x_eval``."""
-    model = infl.fit_influence_model(head, x_fit, y_fit, l2, method)
-    avg = infl.average_influence(model, head, x_ref, y_ref, x_eval, y_eval)
-    self_infl = infl.self_influence(model, x_eval, y_eval)
-    loss = scores.given_label_loss(heads.predict_logits(head, x_eval), y_eval)
-    return avg, self_infl, loss, model.method_name
-
-
 def audit(
     samples,
     label_field="ground_truth",
@@ -213,28 +206,23 @@ def audit(
     clock.start("head")
     tr, te = ~is_test, is_test
     head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed)
-    head_all, _ = heads.fit_head(x, y, n_classes, l2, seed=seed)
     test_pred = heads.predict_logits(head, x[te]).argmax(1)
     clock.stop()
 
     clock.start("influence")
+    model = infl.fit_influence_model(head, x[tr], y[tr], l2, method)
+    method_used = model.method_name
     avg = np.zeros(len(y))
-    self_infl = np.zeros(len(y))
-    loss = np.zeros(len(y))
-    n_fit = np.where(tr, tr.sum(), len(y)).astype(float)
-    avg[tr], self_infl[tr], loss[tr], method_used = _influence_signals(
-        head, l2, method, x[tr], y[tr], x[te], y[te], x[tr], y[tr]
-    )
-    # Cross-fitting: held-out samples are scored by a head that saw them, with
-    # the training samples as the reference set.
-    avg[te], self_infl[te], loss[te], _ = _influence_signals(
-        head_all, l2, method, x, y, x[tr], y[tr], x[te], y[te]
-    )
+    avg[tr] = infl.average_influence(model, head, x[te], y[te], x[tr], y[tr])
+    avg[te] = infl.average_influence(model, head, x[tr], y[tr], x[te], y[te])  # roles swapped
+    self_infl = infl.self_influence(model, x, y)
+    loss = scores.given_label_loss(heads.predict_logits(head, x), y)
     clock.stop()
 
     clock.start("scores")
-    loo = scores.loo_loss(loss, self_infl, n_fit)
-    score = scores.corruption_score(quality, loo)
+    # Held-out losses are out-of-sample already: no leave-one-out correction.
+    loo = np.where(tr, scores.loo_loss(loss, self_infl, tr.sum()), loss)
+    score = scores.corruption_score(quality, loo, avg)
     n_issues = scores.estimate_num_issues(y, oos_probs)
     suspect = scores.flag_top(score, n_issues)
     clock.stop()

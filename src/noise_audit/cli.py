@@ -169,7 +169,7 @@ def build_parser():
     a.add_argument("--weights", help="'imagenet' or a local state-dict path")
     a.add_argument("--image-size", type=int, default=224)
     a.add_argument("--method", default="auto")
-    a.add_argument("--regularization", default="3.0", help="L2 strength or 'auto'")
+    a.add_argument("--regularization", default="3.0", help="L2 strength of the head, or 'auto'")
     a.add_argument("--folds", type=int, default=5)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--overwrite", action="store_true")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold
 
 DTYPE = torch.float64
-L2_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 class LinearHead(torch.nn.Module):

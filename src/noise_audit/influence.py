@@ -141,7 +141,7 @@ def average_influence(model, head, x_test, y_test, x, y, batch_size=1024):
     return torch.cat(out).detach().numpy()
 
 
-def self_influence(model, x, y, batch_size=256):
+def self_influence(model, x, y, batch_size=1024):
     """``<H^{-1} g_i, g_i>`` for each sample, shape ``(n,)``."""
     out = []
     for xb, yb in _loader(x, y, batch_size):

@@ -13,18 +13,21 @@ Signals (one value per sample):
 - ``average_influence``: mean influence on the held-out test set (low or
   negative = the sample hurts test loss).
 
-The **corruption score** averages two independent estimates of the
+The **corruption score** mainly averages two independent estimates of the
 out-of-sample probability of the given label, cleanlab's K-fold one and the
-influence-function leave-one-out one, and returns the complement::
+influence-function leave-one-out one, and adds a small vote from average
+influence::
 
-    score = 1 - (label_quality + exp(-loo_loss)) / 2
+    p_oos = (label_quality + exp(-loo_loss)) / 2
+    score = (1 - w) * (1 - p_oos) + w * sigmoid(-average_influence / std)
 
-It lies in [0, 1]; higher means more likely mislabeled. The two estimates err
-differently (K-fold refits on 80% of the data; the influence estimate is exact
-to first order around the full-data minimum), so their mean ranks flips better
-than either. Average influence is reported alongside but not mixed in: on its
-own it is a weak detector (the seed notebook's lesson, confirmed by
-``bench/``), and adding it lowers precision.
+with ``w`` = :data:`INFLUENCE_WEIGHT`. It lies in [0, 1]; higher means more
+likely mislabeled. The two probability estimates err differently (K-fold
+refits on 80% of the data; the influence estimate is exact to first order
+around the full-data minimum), so their mean ranks flips better than either.
+Average influence on its own is a weak detector (the seed notebook's lesson,
+confirmed by ``bench/``), so it only breaks near-ties: a larger weight lowers
+precision.
 """
 
 from __future__ import annotations
@@ -51,9 +54,16 @@ def loo_loss(loss, self_influence, n_train):
     return loss + np.maximum(self_influence, 0.0) / n_train
 
 
-def corruption_score(label_quality, loo_loss):
-    """``1 - mean(p_kfold(y), p_loo(y))`` in [0, 1] (see module doc)."""
-    return 1.0 - 0.5 * (np.asarray(label_quality) + np.exp(-np.asarray(loo_loss)))
+INFLUENCE_WEIGHT = 0.1
+
+
+def corruption_score(label_quality, loo_loss, average_influence, influence_weight=INFLUENCE_WEIGHT):
+    """The corruption score in [0, 1] (see module doc); higher = more suspicious."""
+    p_oos = 0.5 * (np.asarray(label_quality) + np.exp(-np.asarray(loo_loss)))
+    a = np.asarray(average_influence, dtype=float)
+    scale = a.std() or 1.0
+    harm = 1.0 / (1.0 + np.exp(np.clip(a / scale, -50, 50)))  # sigmoid(-a / std)
+    return (1.0 - influence_weight) * (1.0 - p_oos) + influence_weight * harm
 
 
 def estimate_num_issues(labels, pred_probs):
