@@ -25,6 +25,7 @@ from sklearn.model_selection import train_test_split
 import fiftyone as fo
 
 from . import features as feats
+from . import finetune
 from . import head as heads
 from . import influence as infl
 from . import scores
@@ -110,6 +111,29 @@ class _Clock:
         self.timings[self._stage] = round(time.perf_counter() - self._t, 4)
 
 
+BLOCK_METHODS = ("cg", "lissa", "arnoldi", "nystroem")
+
+
+def build_backbone(backbone, weights, transform, image_size, seed, train_last_block):
+    """``(feature extractor, make_head or None)`` for an audit's settings."""
+    bb = feats.get_backbone(backbone, weights, transform, image_size, seed)
+    if not train_last_block:
+        return bb, None
+    trunk, make_head = finetune.trunk_and_block(bb)
+    trunk_bb = feats.Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk")
+    return trunk_bb, make_head
+
+
+def head_file(cache_dir, dataset_name, key):
+    """Where the weights of a fine-tuned last block are kept (too big for a run doc)."""
+    import hashlib
+    import os
+
+    root = cache_dir if isinstance(cache_dir, str) else feats.default_cache_dir()
+    name = hashlib.sha1(f"{dataset_name}/{key}".encode()).hexdigest()[:16]
+    return os.path.join(root, "heads", f"{name}.pt")
+
+
 def audit(
     samples,
     label_field="ground_truth",
@@ -128,6 +152,7 @@ def audit(
     overwrite=False,
     progress=True,
     on_progress=None,
+    train_last_block=False,
 ):
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -163,6 +188,12 @@ def audit(
         overwrite: replace an existing audit with the same ``key``.
         progress: show progress bars.
         on_progress: optional ``f(stage, fraction)`` callback.
+        train_last_block: also fine-tune the backbone's last block (see
+            :mod:`noise_audit.finetune`); influence then covers its
+            parameters too, with ``method`` in cg, lissa, arnoldi, nystroem
+            (``auto`` -> nystroem: cheap self-influence from a low-rank
+            sketch; cg is exact but slow for self-influence). Much slower on
+            a CPU.
 
     Returns:
         an :class:`AuditResults`.
@@ -173,6 +204,10 @@ def audit(
     check_key(dataset, key, overwrite)
     if folds < 2:
         raise NoiseAuditError("folds must be at least 2")
+    if train_last_block:
+        method = "nystroem" if method == "auto" else method
+        if method not in BLOCK_METHODS:
+            raise NoiseAuditError(f"With train_last_block, method must be one of {BLOCK_METHODS}, not {method!r}")
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
     n_classes = len(data.classes)
@@ -180,12 +215,15 @@ def audit(
     t_start = time.perf_counter()
 
     clock.start("features")
-    bb = feats.get_backbone(backbone, weights, transform, image_size, seed)
+    bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
     raw, n_computed = feats.extract_features(
         data.filepaths, bb, batch_size, cache_dir, progress,
         on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
     )
-    mean, std = raw[~is_test].mean(0), raw[~is_test].std(0) + 1e-6
+    if make_head is None:
+        mean, std = raw[~is_test].mean(0), raw[~is_test].std(0) + 1e-6
+    else:  # the block's own batch norm expects the raw maps
+        mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
     x = ((raw - mean) / std).astype(np.float64)
     y = data.labels
     clock.stop()
@@ -193,19 +231,19 @@ def audit(
     clock.start("cross_validation")
     l2_scores = None
     if regularization == "auto":
-        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed)
+        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head)
     else:
         l2 = float(regularization)
         if l2 <= 0:
             raise NoiseAuditError("regularization must be positive (influence needs an invertible Hessian)")
-        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed)
+        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head)
     oos_probs = heads.softmax(oos_logits)
     quality = scores.label_quality(y, oos_probs)
     clock.stop()
 
     clock.start("head")
     tr, te = ~is_test, is_test
-    head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed)
+    head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed, make_head=make_head)
     test_pred = heads.predict_logits(head, x[te]).argmax(1)
     clock.stop()
 
@@ -238,7 +276,7 @@ def audit(
         regularization=l2, regularization_requested=str(regularization), folds=folds, seed=seed,
         split=split, n_samples=len(y), n_train=int(tr.sum()), n_test=int(te.sum()),
         n_parameters=infl.n_parameters(head), fields=audit_fields(key), version=__version__,
-        cache_dir=cache_dir if isinstance(cache_dir, str) else None,
+        cache_dir=cache_dir if isinstance(cache_dir, str) else None, train_last_block=bool(train_last_block),
     )
 
     clock.start("write")
@@ -255,7 +293,8 @@ def audit(
     per_class = {c: int(((classes_arr[y] == c) & suspect).sum()) for c in data.classes}
     results_doc = dict(
         classes=data.classes, ids=data.ids.tolist(), labels=y.tolist(), is_test=is_test.tolist(),
-        head=head.state(), feature_mean=mean.tolist(), feature_std=std.tolist(),
+        head=head.state() if make_head is None else {"path": head_file(cache_dir, dataset.name, key)},
+        feature_mean=mean.tolist(), feature_std=std.tolist(),
         history=history, l2_scores={str(k): v for k, v in (l2_scores or {}).items()},
         num_label_issues=n_issues, label_issues_per_class=per_class,
         test_accuracy=float((test_pred == y[te]).mean()),
@@ -263,6 +302,13 @@ def audit(
         test_confusion=confusion_matrix(y[te], test_pred, labels=range(n_classes)).tolist(),
         features_computed=n_computed,
     )
+    if make_head is not None:
+        import os
+
+        import torch
+
+        os.makedirs(os.path.dirname(results_doc["head"]["path"]), exist_ok=True)
+        torch.save(head.state_dict(), results_doc["head"]["path"])
     timings = dict(clock.timings)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     config["timings"] = timings

@@ -12,12 +12,25 @@ import numpy as np
 from . import features as feats
 from . import influence as infl
 from .errors import NoiseAuditError
+from .audit import build_backbone
 from .head import LinearHead
 from .run import load_audit
 
 
-def _audit_features(dataset, config, results, ids):
-    bb = feats.get_backbone(config.backbone, config.weights, None, config.image_size, config.seed)
+def _audit_model(config, results):
+    """The audit's feature extractor and trained head, rebuilt."""
+    import torch
+
+    bb, make_head = build_backbone(config.backbone, config.weights, None, config.image_size, config.seed,
+                                   getattr(config, "train_last_block", False))
+    if make_head is None:
+        return bb, LinearHead.from_state(results.head)
+    head = make_head(len(results.classes))
+    head.load_state_dict(torch.load(results.head["path"], weights_only=True))
+    return bb, head
+
+
+def _audit_features(dataset, config, results, ids, bb):
     if bb.cache_id != config.backbone_id:
         raise NoiseAuditError("The backbone's features changed since the audit (weights or code); re-run the audit")
     paths = dataset.select(ids, ordered=True).values("filepath")
@@ -50,10 +63,10 @@ def most_influential(dataset, sample_id, key="noise_audit", k=3):
         if name not in results.classes:
             raise NoiseAuditError(f"Sample {sample_id} has no label among the audit's classes")
         label = results.classes.index(name)
-    x = _audit_features(dataset, config, results, train_ids + [sample_id])
+    bb, head = _audit_model(config, results)
+    x = _audit_features(dataset, config, results, train_ids + [sample_id], bb)
     x_train, x_one = x[:-1], x[-1:]
     y_train = labels[~is_test]
-    head = LinearHead.from_state(results.head)
     model = infl.fit_influence_model(head, x_train, y_train, config.regularization, config.influence_method)
     values = infl.influences_on(model, x_one, [label], x_train, y_train)[0]
     order = np.argsort(-values)

@@ -54,12 +54,16 @@ def as_tensor(x, dtype=DTYPE):
 
 
 def objective(head, x, y, l2):
-    """Mean cross-entropy plus the L2 penalty: what the head minimises."""
-    penalty = sum((p**2).sum() for p in head.parameters())
+    """Mean cross-entropy plus the L2 penalty: what the head minimises.
+
+    The penalty is ``head.penalty()`` where defined (e.g. distance to
+    pretrained weights), else the squared norm of all parameters.
+    """
+    penalty = head.penalty() if hasattr(head, "penalty") else sum((p**2).sum() for p in head.parameters())
     return F.cross_entropy(head(x), y) + 0.5 * l2 * penalty
 
 
-def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0):
+def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, make_head=None):
     """Trains a :class:`LinearHead` to the minimum of :func:`objective`.
 
     Args:
@@ -70,6 +74,8 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0):
         max_iter: L-BFGS iteration cap.
         x_val, y_val: optional held-out data, to record a validation loss curve.
         seed: initialisation seed.
+        make_head: optional ``f(n_classes) -> module`` to train instead of a
+            :class:`LinearHead` (e.g. the last block, see ``finetune``).
 
     Returns:
         ``(head, history)``; ``history`` holds ``train_loss`` and
@@ -77,16 +83,20 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0):
     """
     torch.manual_seed(seed)
     x, y = as_tensor(x), torch.as_tensor(np.asarray(y), dtype=torch.long)
-    head = LinearHead(x.shape[1], n_classes)
-    with torch.no_grad():  # start from zero: deterministic, and the problem is convex
-        head.fc.weight.zero_()
-        head.fc.bias.zero_()
+    if make_head is None:
+        head = LinearHead(x.shape[1], n_classes)
+        with torch.no_grad():  # start from zero: deterministic, and the problem is convex
+            head.fc.weight.zero_()
+            head.fc.bias.zero_()
+    else:
+        head = make_head(n_classes)
+    trainable = [p for p in head.parameters() if p.requires_grad]
     has_val = x_val is not None and len(x_val)
     if has_val:
         xv, yv = as_tensor(x_val), torch.as_tensor(np.asarray(y_val), dtype=torch.long)
     history = {"train_loss": [], "val_loss": []}
     opt = torch.optim.LBFGS(
-        head.parameters(), lr=1, max_iter=max_iter, history_size=20,
+        trainable, lr=1, max_iter=max_iter, history_size=20,
         tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe",
     )
 
@@ -106,15 +116,15 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0):
             history["train_loss"].append(float(F.cross_entropy(head(x), y)))
             if has_val:
                 history["val_loss"].append(float(F.cross_entropy(head(xv), yv)))
-        grad = torch.cat([p.grad.flatten() for p in head.parameters()])
+        grad = torch.cat([p.grad.flatten() for p in trainable])
         if grad.abs().max() < 1e-8:
             break
     opt.zero_grad()
     loss = objective(head, x, y, l2)
     loss.backward()
-    history["grad_norm"] = float(torch.cat([p.grad.flatten() for p in head.parameters()]).norm())
+    history["grad_norm"] = float(torch.cat([p.grad.flatten() for p in trainable]).norm())
     opt.zero_grad()
-    for p in head.parameters():
+    for p in trainable:
         p.grad = None
     return head, history
 
@@ -130,7 +140,7 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0):
+def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None):
     """Out-of-sample logits for every sample by stratified K-fold.
 
     Each sample's logits come from a head that never saw it, which is what
@@ -139,7 +149,7 @@ def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0):
     y = np.asarray(y)
     logits = np.zeros((len(y), n_classes))
     for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed)
+        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed, make_head=make_head)
         logits[test_idx] = predict_logits(head, x[test_idx])
     return logits
 
@@ -149,14 +159,14 @@ def log_loss(logits, y):
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
 
 
-def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0):
+def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0, make_head=None):
     """Picks ``l2`` from ``grid`` by out-of-fold log loss on the given labels.
 
     Returns ``(l2, out-of-fold logits at that l2, {l2: log loss})``.
     """
     scores, best = {}, None
     for l2 in grid:
-        logits = cross_val_probs(x, y, n_classes, l2, folds, seed)
+        logits = cross_val_probs(x, y, n_classes, l2, folds, seed, make_head)
         scores[l2] = log_loss(logits, y)
         if best is None or scores[l2] < scores[best[0]]:
             best = (l2, logits)

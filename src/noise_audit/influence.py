@@ -141,8 +141,11 @@ def average_influence(model, head, x_test, y_test, x, y, batch_size=1024):
     return torch.cat(out).detach().numpy()
 
 
-def self_influence(model, x, y, batch_size=1024):
+def self_influence(model, x, y, batch_size=None):
     """``<H^{-1} g_i, g_i>`` for each sample, shape ``(n,)``."""
+    # A batch holds (batch x parameters) gradients and solutions: keep each
+    # such matrix near 100M numbers whatever the model size.
+    batch_size = batch_size or int(max(16, min(1024, 1e8 // n_parameters(model.model))))
     out = []
     for xb, yb in _loader(x, y, batch_size):
         factors = model.influence_factors(xb, yb)
