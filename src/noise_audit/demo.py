@@ -42,6 +42,31 @@ def write_digits_tree(root=None, val_fraction=0.1, seed=0):
     return root
 
 
+def _demo_dataset(data, name, classes):
+    """The demo's dataset: re-imported unless an earlier demo imported the same files.
+
+    A demo dataset records its source in ``dataset.info``; when name, folder,
+    classes and every file's modification time match, it is reused (its
+    noise-audit fields are rewritten by the next steps) instead of imported again.
+    """
+    import fiftyone as fo
+
+    root = os.path.abspath(data)
+    files = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if not f.startswith(".")
+    )
+    source = {"root": root, "classes": sorted(classes) if classes else None,
+              "n_files": len(files), "mtime": max(os.stat(f).st_mtime_ns for f in files) if files else 0}
+    if fo.dataset_exists(name):
+        existing = fo.load_dataset(name)
+        if existing.info.get("noise_audit_demo_source") == source:
+            return existing
+    dataset = load_image_folder(root, name=name, overwrite=True, classes=classes)
+    dataset.info["noise_audit_demo_source"] = source
+    dataset.save()
+    return dataset
+
+
 def run_demo(data=None, classes=None, fraction=0.1, strategy="uniform", seed=0, name=None,
              backbone="efficientnet_lite0", method="auto", image_size=None, key="noise_audit",
              progress=True, cache_dir=None):
@@ -52,11 +77,11 @@ def run_demo(data=None, classes=None, fraction=0.1, strategy="uniform", seed=0, 
         name = name or "noise-audit-demo-digits"
     image_size = image_size or 224
     name = name or f"noise-audit-demo-{os.path.basename(os.path.abspath(data))}"
-    dataset = load_image_folder(data, name=name, overwrite=True, classes=classes)
+    dataset = _demo_dataset(data, name, classes)
     train = dataset.match_tags("train") if "train" in dataset.distinct("tags") else dataset
     injected = inject_label_noise(train, "ground_truth", fraction=fraction, seed=seed, strategy=strategy)
     results = audit(dataset, injected["noisy_field"], key=key, backbone=backbone, method=method,
-                    image_size=image_size, seed=seed, progress=progress, cache_dir=cache_dir)
+                    image_size=image_size, seed=seed, progress=progress, cache_dir=cache_dir, overwrite=True)
     truth = np.array(dataset.select(list(results.ids), ordered=True).values(injected["flag_field"]), dtype=bool)
     signals = results.suspicion()
 
