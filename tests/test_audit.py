@@ -77,6 +77,8 @@ def test_rerun_needs_overwrite_and_users_fields_are_never_overwritten(make_small
         ("ground_truth", "tiny_class", "too few"),
         ("ground_truth", "broken_image", "broken.jpg"),
         ("ground_truth", "empty", "empty"),
+        ("ground_truth", "bad_method", "method must be"),
+        ("ground_truth", "bad_regularization", "regularization must be"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(make_small_dataset, tmp_path, label_field, setup, message):
@@ -94,9 +96,14 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(make_small_dataset, tmp
         ds.add_sample(fo.Sample(filepath=str(bad), tags=["train"], ground_truth=fo.Classification(label="alp")))
     elif setup == "empty":
         view = ds.limit(0)
+    kwargs = dict(FAST)
+    if setup == "bad_method":
+        kwargs["method"] = "newton"
+    elif setup == "bad_regularization":
+        kwargs["regularization"] = 0
     before = schema_and_runs(ds)
     with pytest.raises(na.NoiseAuditError, match=message):
-        na.audit(view, label_field, **FAST)
+        na.audit(view, label_field, **kwargs)
     assert schema_and_runs(ds) == before
 
 

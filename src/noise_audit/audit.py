@@ -208,6 +208,15 @@ def audit(
         method = "nystroem" if method == "auto" else method
         if method not in BLOCK_METHODS:
             raise NoiseAuditError(f"With train_last_block, method must be one of {BLOCK_METHODS}, not {method!r}")
+    elif method != "auto" and method not in infl.METHODS:
+        raise NoiseAuditError(f"method must be 'auto' or one of {infl.METHODS}, not {method!r}")
+    if regularization != "auto":
+        try:
+            regularization = float(regularization)
+        except (TypeError, ValueError):
+            regularization = -1.0
+        if not regularization > 0:
+            raise NoiseAuditError("regularization must be a positive number or 'auto' (influence needs an invertible Hessian)")
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
     n_classes = len(data.classes)
@@ -233,10 +242,8 @@ def audit(
     if regularization == "auto":
         l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head)
     else:
-        l2 = float(regularization)
-        if l2 <= 0:
-            raise NoiseAuditError("regularization must be positive (influence needs an invertible Hessian)")
-        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head)
+        l2 = regularization
+        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress)
     oos_probs = heads.softmax(oos_logits)
     quality = scores.label_quality(y, oos_probs)
     clock.stop()

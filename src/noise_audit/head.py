@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold
+from tqdm.auto import tqdm
 
 DTYPE = torch.float64
 L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -140,7 +141,7 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None):
+def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False):
     """Out-of-sample logits for every sample by stratified K-fold.
 
     Each sample's logits come from a head that never saw it, which is what
@@ -148,7 +149,8 @@ def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None):
     """
     y = np.asarray(y)
     logits = np.zeros((len(y), n_classes))
-    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    for train_idx, test_idx in tqdm(list(splits), desc="cross-validation folds", disable=not progress, leave=False):
         head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed, make_head=make_head)
         logits[test_idx] = predict_logits(head, x[test_idx])
     return logits
