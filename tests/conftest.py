@@ -62,3 +62,18 @@ def seed_dataset():
     ds = na.load_image_folder(TINY, name=unique_name("na-seed"), classes=["dining_table", "gondola"])
     yield ds
     ds.delete()
+
+
+@pytest.fixture(scope="session")
+def plugins_dir(tmp_path_factory):
+    """A throw-away FiftyOne plugins directory with this repo's plugin installed."""
+    from noise_audit.plugin_install import install_plugin
+
+    root = tmp_path_factory.mktemp("plugins")
+    install_plugin(root)
+    previous = fo.config.plugins_dir
+    fo.config.plugins_dir = str(root)
+    os.environ["FIFTYONE_PLUGINS_DIR"] = str(root)  # for subprocesses (App server, CLI)
+    yield root
+    fo.config.plugins_dir = previous
+    os.environ.pop("FIFTYONE_PLUGINS_DIR", None)

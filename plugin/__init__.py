@@ -1,0 +1,296 @@
+"""The noise-audit FiftyOne plugin: operators and a panel over the library.
+
+Every operator here is a thin shell: ``resolve_input`` declares and checks the
+inputs (with the library's own validators, so the App shows the same message
+the Python API would raise) and ``execute`` calls one library function.
+"""
+
+import queue
+import threading
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+import noise_audit as na
+from noise_audit import views as nav
+from noise_audit.data import classification_fields
+from noise_audit.errors import NoiseAuditError
+from noise_audit.features import BACKBONES
+from noise_audit.fields import check_writable
+from noise_audit.influence import METHODS
+from noise_audit.noise import STRATEGIES
+from noise_audit.run import check_key, list_audits
+
+from .panel import NoiseAuditPanel
+
+PLUGIN = "@noise-audit/noise-audit"
+# Audits of views larger than this default to delegated execution: features of
+# a few thousand images take minutes on a CPU, longer than an App request
+# should block (and than FiftyOne's default operator timeout of 10 minutes
+# allows for ~6,000+ images). Smaller views run immediately, with live
+# progress in the App.
+IMMEDIATE_MAX_SAMPLES = 2000
+AUTO_TEST = "auto (val/test tags, else a 10% split)"
+
+
+def _error(inputs, message, name="error"):
+    """Shows ``message`` and marks the form invalid (execution is refused)."""
+    prop = inputs.view(name, types.Error(label=message))
+    prop.invalid, prop.error_message = True, message
+
+
+def _label_field_input(ctx, inputs, label="Label field", description="The fo.Classification field to use"):
+    fields = classification_fields(ctx.dataset)
+    if not fields:
+        _error(inputs, "This dataset has no fo.Classification field")
+        return None
+    default = "ground_truth" if "ground_truth" in fields else fields[0]
+    inputs.enum("label_field", fields, default=default, required=True, label=label,
+                description=description, view=types.DropdownView())
+    return ctx.params.get("label_field") or default
+
+
+def _audit_key_input(ctx, inputs, description="The audit run"):
+    keys = list_audits(ctx.dataset)
+    if not keys:
+        _error(inputs, "This dataset has no noise audit yet: run 'Run noise audit' first")
+        return None
+    inputs.enum("key", keys, default=keys[0], required=True, label="Audit", description=description,
+                view=types.DropdownView())
+    return ctx.params.get("key") or keys[0]
+
+
+def run_with_progress(work, on_update):
+    """Runs ``work(report)`` in a thread; yields ``on_update(stage, fraction)``
+    for each report, then returns ``work``'s result (as ``StopIteration``)."""
+    updates, box = queue.Queue(), {}
+
+    def target():
+        try:
+            box["result"] = work(lambda stage, fraction: updates.put((stage, fraction)))
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=target, daemon=True).start()
+    while (update := updates.get()) is not None:
+        out = on_update(*update)
+        if out is not None:
+            yield out
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class InjectLabelNoise(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="inject_label_noise", label="Noise audit: inject label noise",
+                                  description="Copy a label field with a known share of labels flipped",
+                                  icon="shuffle", dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        label_field = _label_field_input(ctx, inputs, description="The clean labels (never modified)")
+        inputs.float("fraction", default=0.1, min=0.0, max=0.99, label="Fraction to flip",
+                     description="Share of the target samples whose label is flipped")
+        inputs.enum("strategy", list(STRATEGIES), default="uniform", label="Strategy",
+                    description="uniform: any other class; pair: the most confusable class; "
+                    "influential: samples with the highest average influence of an earlier audit",
+                    view=types.RadioGroup())
+        inputs.int("seed", default=0, label="Seed")
+        noisy = ctx.params.get("noisy_field") or (f"{label_field}_noisy" if label_field else None)
+        inputs.str("noisy_field", default=noisy, label="Noisy label field", description="Where the noisy copy goes")
+        inputs.str("flag_field", default="label_flipped", label="Flip flag field",
+                   description="Boolean field: True where the label was flipped")
+        ctx.target_view()  # flips only in the chosen target (e.g. the current view = the train split)
+        flag = ctx.params.get("flag_field") or "label_flipped"
+        if label_field and noisy:
+            try:
+                check_writable(ctx.dataset, [noisy, flag])
+            except NoiseAuditError as e:
+                _error(inputs, str(e))
+        return types.Property(inputs, view=types.View(label="Inject label noise"))
+
+    def execute(self, ctx):
+        p = ctx.params
+        out = na.inject_label_noise(ctx.target_view(), p["label_field"], p.get("fraction", 0.1), p.get("seed", 0),
+                                    p.get("noisy_field"), p.get("flag_field", "label_flipped"), p.get("strategy", "uniform"))
+        ctx.ops.reload_dataset()
+        return {k: v for k, v in out.items() if k != "flipped_ids"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("n_flipped", label="Labels flipped")
+        outputs.str("noisy_field", label="Noisy label field")
+        outputs.str("flag_field", label="Flip flag field")
+        return types.Property(outputs)
+
+
+class RunNoiseAudit(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="run_noise_audit", label="Noise audit: run",
+                                  description="Find mislabeled samples: influence functions + cleanlab label quality",
+                                  icon="troubleshoot", dynamic=True, execute_as_generator=True,
+                                  allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_execution_options(self, ctx):
+        # Both are allowed; large views default to delegated (see IMMEDIATE_MAX_SAMPLES).
+        return foo.ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                                    default_choice_to_delegated=len(ctx.target_view()) > IMMEDIATE_MAX_SAMPLES)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        target = ctx.target_view()
+        label_field = _label_field_input(ctx, inputs, description="The labels to audit (e.g. the noisy copy)")
+        tags = sorted(target.distinct("tags"))
+        inputs.enum("test", [AUTO_TEST] + tags, default=AUTO_TEST, label="Test split",
+                    description="Held-out samples whose mean gradient defines average influence", view=types.DropdownView())
+        inputs.str("key", default="noise_audit", label="Run key",
+                   description="Run key and field prefix ({key}_corruption_score, ...)")
+        inputs.bool("overwrite", default=False, label="Overwrite an audit with this key")
+        inputs.enum("backbone", list(BACKBONES), default="efficientnet_lite0", label="Backbone",
+                    description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them (or give a path)",
+                    view=types.RadioGroup())
+        inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
+        inputs.enum("method", ["auto"] + list(METHODS), default="auto", label="Influence solver",
+                    description="auto: direct for small heads, EK-FAC for large", view=types.DropdownView())
+        inputs.float("regularization", default=3.0, min=1e-6, label="L2 regularization of the head")
+        inputs.int("folds", default=5, min=2, label="Cross-validation folds (cleanlab)")
+        inputs.int("image_size", default=224, min=32, label="Image size (px)")
+        if len(target) == 0:
+            _error(inputs, "The target view is empty")
+        elif label_field:
+            try:
+                check_key(ctx.dataset, ctx.params.get("key") or "noise_audit", bool(ctx.params.get("overwrite")))
+            except NoiseAuditError as e:
+                _error(inputs, str(e))
+            if len(target) > IMMEDIATE_MAX_SAMPLES:
+                inputs.view("hint", types.Notice(label=f"{len(target)} samples: delegated execution is recommended "
+                                                 "(run `fiftyone delegated launch` to execute queued operations)"))
+        return types.Property(inputs, view=types.View(label="Run noise audit"))
+
+    def execute(self, ctx):
+        if ctx.delegated:  # progress goes to the stored operation; the result is kept
+            return self._audit(ctx, lambda stage, f: ctx.set_progress(progress=f, label=f"noise audit: {stage}"))
+        return self._audit_streaming(ctx)
+
+    def _audit(self, ctx, on_progress):
+        p = ctx.params
+        test = None if p.get("test", AUTO_TEST) == AUTO_TEST else p["test"]
+        key = p.get("key", "noise_audit")
+        na.audit(ctx.target_view(), label_field=p["label_field"], test=test, key=key,
+                           backbone=p.get("backbone", "efficientnet_lite0"), weights=p.get("weights") or None,
+                           image_size=int(p.get("image_size", 224)), method=p.get("method", "auto"),
+                           regularization=float(p.get("regularization", 3.0)), folds=int(p.get("folds", 5)),
+                           overwrite=bool(p.get("overwrite")), progress=False, on_progress=on_progress)
+        return nav.summary(ctx.dataset, key)
+
+    def _audit_streaming(self, ctx):
+        def on_update(stage, fraction):
+            ctx.set_progress(progress=fraction, label=f"noise audit: {stage}")
+            return ctx.ops.set_progress(label=f"Noise audit: {stage}", progress=fraction)
+
+        summary = yield from run_with_progress(lambda report: self._audit(ctx, report), on_update)
+        yield ctx.ops.reload_dataset()
+        yield ctx.ops.notify(f"Noise audit {summary['key']!r}: {summary['n_flagged']} suspects flagged", variant="success")
+
+
+class EvaluateNoiseAudit(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="evaluate_noise_audit", label="Noise audit: evaluate",
+                                  description="Detection metrics of an audit against known flips", icon="query_stats",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = _audit_key_input(ctx, inputs)
+        candidates = nav.truth_fields(ctx.dataset)
+        if not candidates:
+            _error(inputs, "No boolean field marks known flips (e.g. label_flipped from 'inject label noise')", "no_truth")
+        elif key:
+            inputs.enum("truth_field", candidates, default=nav.default_truth_field(ctx.dataset) or candidates[0],
+                        required=True, label="Truth field", description="True where the label is known to be wrong",
+                        view=types.DropdownView())
+        return types.Property(inputs, view=types.View(label="Evaluate noise audit"))
+
+    def execute(self, ctx):
+        summary = nav.summary(ctx.dataset, ctx.params["key"], ctx.params["truth_field"])
+        rows = [{"signal": s, **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
+                for s, m in summary["metrics"].items()]
+        return {"metrics": rows, "corruption_auroc": summary["metrics"]["corruption_score"]["auroc"]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        table = types.TableView()
+        for col, label in (("signal", "Signal"), ("auroc", "AUROC"), ("average_precision", "AP"),
+                           ("precision_at_k", "Precision@k"), ("recall_at_10pct", "Recall@10%"), ("k", "k (flipped)")):
+            table.add_column(col, label=label)
+        outputs.list("metrics", types.Object(), label="Detection of known flips", view=table)
+        return types.Property(outputs)
+
+
+class DeleteNoiseAudit(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="delete_noise_audit", label="Noise audit: delete",
+                                  description="Remove an audit run and exactly the fields it created", icon="delete",
+                                  dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = _audit_key_input(ctx, inputs)
+        if key:
+            fields = ", ".join(na.audit_fields(key).values())
+            inputs.bool("confirm", default=False, required=True, label=f"Delete audit {key!r} and its fields: {fields}",
+                        view=types.CheckboxView())
+            if not ctx.params.get("confirm"):
+                inputs.view("confirm_hint", types.Warning(label="Tick the box to confirm; this cannot be undone"))
+        return types.Property(inputs, view=types.View(label="Delete noise audit"))
+
+    def execute(self, ctx):
+        if not ctx.params.get("confirm"):
+            raise NoiseAuditError("Deletion not confirmed")
+        na.delete_audit(ctx.dataset, ctx.params["key"])
+        ctx.ops.reload_dataset()
+        return {"deleted": ctx.params["key"]}
+
+
+class GenerateNoiseReport(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="generate_noise_report", label="Noise audit: generate report",
+                                  description="Write a self-contained HTML + JSON + Markdown report of an audit",
+                                  icon="summarize", dynamic=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = _audit_key_input(ctx, inputs)
+        if key:
+            candidates = nav.truth_fields(ctx.dataset)
+            inputs.enum("truth_field", candidates, default=nav.default_truth_field(ctx.dataset), label="Truth field (optional)",
+                        description="Adds detection metrics against known flips", view=types.DropdownView())
+            inputs.str("out_dir", required=True, label="Output directory",
+                       description="report.html, summary.json and summary.md are written here")
+        return types.Property(inputs, view=types.View(label="Generate noise report"))
+
+    def execute(self, ctx):
+        from noise_audit.report import report
+
+        p = ctx.params
+        out = report(ctx.dataset, p["key"], p["out_dir"], truth_field=p.get("truth_field") or None)
+        return {"report": str(out)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("report", label="Report written to")
+        return types.Property(outputs)
+
+
+def register(p):
+    for cls in (InjectLabelNoise, RunNoiseAudit, EvaluateNoiseAudit, DeleteNoiseAudit, GenerateNoiseReport,
+                NoiseAuditPanel):
+        p.register(cls)

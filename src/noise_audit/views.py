@@ -1,0 +1,210 @@
+"""What the App shows of an audit: grid views, histograms, the suspect table.
+
+The FiftyOne plugin's panel and operators are thin shells over these
+functions, so everything they display can be computed (and tested) from
+Python:
+
+- :func:`top_suspects`, :func:`flagged`, :func:`flipped` and :func:`score_bin`
+  return the views the panel's buttons and histogram clicks load into the grid;
+- :func:`histogram` bins a signal by given label, split clean/flipped when a
+  truth field exists (the seed's ``plot_influence_distribution_by_label``),
+  and :func:`histogram_traces` turns it into plotly bar traces;
+- :func:`suspects_table` lists the top-N samples with their scores;
+- :func:`summary` gathers the run's facts and, with a truth field, the
+  detection metrics of the corruption score and of each single signal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+from .errors import NoiseAuditError
+from .fields import is_own_field
+from .metrics import evaluate
+from .run import audit_fields, load_audit
+
+# The signals a histogram or a metric row can show, with how to read them.
+SIGNALS = {
+    "corruption_score": "corruption score (high = suspicious)",
+    "influence": "average influence (low = suspicious)",
+    "self_influence": "self-influence (high = suspicious)",
+    "label_quality": "cleanlab label quality (low = suspicious)",
+}
+CLEAN, FLIPPED = "clean", "flipped"
+# Bar colours per truth group; labels get plotly's default palette.
+GROUP_COLORS = {CLEAN: "#4c78a8", FLIPPED: "#e45756"}
+LABEL_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac", "#72b7b2", "#eeca3b", "#e45756")
+
+
+def _field(key, signal):
+    fields = audit_fields(key)
+    if signal not in fields:
+        raise NoiseAuditError(f"Unknown signal {signal!r}; one of {sorted(SIGNALS)}")
+    return fields[signal]
+
+
+def truth_fields(dataset):
+    """Boolean sample fields that can mark known flips (not an audit's own ``*_suspect``)."""
+    schema = dataset.get_field_schema(ftype=fo.BooleanField)
+    return sorted(n for n, f in schema.items() if not (is_own_field(dataset, n) and (f.info or {}).get("signal")))
+
+
+def default_truth_field(dataset):
+    """``label_flipped`` if present, else the only candidate, else ``None``."""
+    names = truth_fields(dataset)
+    if "label_flipped" in names:
+        return "label_flipped"
+    return names[0] if len(names) == 1 else None
+
+
+def check_truth_field(samples, truth_field):
+    if truth_field is None:
+        return
+    field = samples.get_field(truth_field)
+    if field is None or not isinstance(field, fo.BooleanField):
+        raise NoiseAuditError(f"Truth field {truth_field!r} must be a boolean sample field; candidates: {truth_fields(samples._dataset)}")
+
+
+def audited(samples, key):
+    """The samples of ``samples`` that audit ``key`` scored."""
+    return samples.exists(_field(key, "corruption_score"))
+
+
+def top_suspects(samples, key):
+    """Audited samples, most suspicious first (by corruption score)."""
+    return audited(samples, key).sort_by(_field(key, "corruption_score"), reverse=True)
+
+
+def flagged(samples, key):
+    """Samples the audit flagged as suspects, most suspicious first."""
+    return top_suspects(samples, key).match(F(_field(key, "suspect")) == True)  # noqa: E712
+
+
+def flipped(samples, key, truth_field):
+    """Samples whose label is known to be flipped, most suspicious first."""
+    check_truth_field(samples, truth_field)
+    return top_suspects(samples, key).match(F(truth_field) == True)  # noqa: E712
+
+
+def score_bin(samples, key, signal, low, high, label=None, group=None, truth_field=None):
+    """Samples in one histogram bar: ``low <= signal < high``, one label, one group."""
+    field = _field(key, signal)
+    view = audited(samples, key).match((F(field) >= low) & (F(field) < high))
+    if label is not None:
+        view = view.match(F(f"{_label_field(samples, key)}.label") == label)
+    if group in (CLEAN, FLIPPED):
+        check_truth_field(samples, truth_field)
+        view = view.match(F(truth_field) == (group == FLIPPED))
+    return view.sort_by(_field(key, "corruption_score"), reverse=True)
+
+
+def _label_field(samples, key):
+    config, _ = load_audit(samples._dataset, key)
+    return config.label_field
+
+
+def histogram(samples, key, signal="corruption_score", truth_field=None, bins=30):
+    """Counts of ``signal`` per given label (and clean/flipped), on shared bins.
+
+    Returns:
+        ``{"signal", "field", "edges", "series": [{"label", "group", "counts",
+        "n"}]}`` where ``group`` is ``"clean"``/``"flipped"`` with a truth
+        field and ``None`` without.
+    """
+    check_truth_field(samples, truth_field)
+    view = audited(samples, key)
+    field = _field(key, signal)
+    paths = [field, f"{_label_field(samples, key)}.label"] + ([truth_field] if truth_field else [])
+    columns = view.values(paths)
+    values = np.asarray(columns[0], dtype=float)
+    labels = np.asarray(columns[1], dtype=object)
+    truth = np.asarray([bool(t) for t in columns[2]]) if truth_field else None
+    if len(values) == 0:
+        raise NoiseAuditError(f"No sample in the view has {field!r}")
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        hi = lo + 1e-9
+    edges = np.linspace(lo, hi, bins + 1)
+    edges[-1] = np.nextafter(hi, math.inf)  # the maximum falls in the last bin
+    series = []
+    for label in sorted(set(labels.tolist())):
+        groups = [(CLEAN, False), (FLIPPED, True)] if truth is not None else [(None, None)]
+        for group, flag in groups:
+            mask = labels == label if flag is None else (labels == label) & (truth == flag)
+            counts, _ = np.histogram(values[mask], edges)
+            series.append({"label": label, "group": group, "counts": counts.tolist(), "n": int(mask.sum())})
+    return {"signal": signal, "field": field, "edges": edges.tolist(), "series": series}
+
+
+def histogram_traces(hist):
+    """Plotly bar traces of :func:`histogram`; each bar's id is ``label|group|bin``."""
+    edges = np.asarray(hist["edges"])
+    centers, widths = ((edges[:-1] + edges[1:]) / 2).tolist(), np.diff(edges).tolist()
+    labels = sorted({s["label"] for s in hist["series"]})
+    traces = []
+    for s in hist["series"]:
+        color = LABEL_COLORS[labels.index(s["label"]) % len(LABEL_COLORS)]
+        name = f"{s['label']} · {s['group']}" if s["group"] else s["label"]
+        marker = {"color": color, "opacity": 0.8}
+        if s["group"] == FLIPPED:  # flipped bars: hatched, outlined in red
+            marker.update(pattern={"shape": "x", "fgcolor": "#ffffff"}, line={"color": GROUP_COLORS[FLIPPED], "width": 1.5})
+        traces.append({
+            "type": "bar", "name": f"{name} ({s['n']})", "x": centers, "y": s["counts"], "width": widths,
+            "ids": [f"{s['label']}|{s['group'] or ''}|{i}" for i in range(len(centers))], "marker": marker,
+        })
+    return traces
+
+
+def bin_of(hist, bar_id):
+    """``(low, high, label, group)`` of the bar ``bar_id`` of :func:`histogram_traces`."""
+    label, group, index = bar_id.rsplit("|", 2)
+    index = int(index)
+    return hist["edges"][index], hist["edges"][index + 1], label, group or None
+
+
+def suspects_table(samples, key, n=25, truth_field=None):
+    """The ``n`` most suspicious samples as rows for a table.
+
+    Each row: ``id``, ``filepath``, ``given`` and ``predicted`` label, the
+    prediction's confidence, ``corruption_score``, ``label_quality``,
+    ``influence``, ``self_influence``, ``suspect`` and, with a truth field,
+    ``flipped``.
+    """
+    check_truth_field(samples, truth_field)
+    fields = audit_fields(key)
+    label_field = _label_field(samples, key)
+    view = top_suspects(samples, key).limit(n)
+    paths = ["id", "filepath", f"{label_field}.label", f"{fields['prediction']}.label", f"{fields['prediction']}.confidence",
+             fields["corruption_score"], fields["label_quality"], fields["influence"], fields["self_influence"], fields["suspect"]]
+    if truth_field:
+        paths.append(truth_field)
+    columns = view.values(paths)
+    names = ["id", "filepath", "given", "predicted", "confidence", "corruption_score", "label_quality",
+             "influence", "self_influence", "suspect"] + (["flipped"] if truth_field else [])
+    return [dict(zip(names, row)) for row in zip(*columns)]
+
+
+def summary(samples, key, truth_field=None):
+    """Facts of audit ``key`` and, with ``truth_field``, detection metrics per signal."""
+    check_truth_field(samples, truth_field)
+    config, results = load_audit(samples._dataset, key)
+    fields = audit_fields(key)
+    view = audited(samples, key)
+    out = {
+        "key": key, "label_field": config.label_field, "backbone": config.backbone,
+        "influence_method": config.influence_method, "n_samples": len(view),
+        "n_flagged": len(view.match(F(fields["suspect"]) == True)),  # noqa: E712
+        "num_label_issues": int(results.num_label_issues),
+        "test_accuracy": getattr(results, "test_accuracy", None),
+        "classes": list(results.classes), "timings": dict(getattr(config, "timings", {}) or {}),
+        "truth_field": truth_field, "metrics": {},
+    }
+    if truth_field:
+        for signal in SIGNALS:
+            m = evaluate(view, fields[signal], truth_field)
+            out["metrics"][signal] = {k: m[k] for k in ("auroc", "average_precision", "precision_at_k", "k", "n", "recall_at_10pct")}
+    return out
