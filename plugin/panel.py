@@ -152,13 +152,16 @@ class NoiseAuditPanel(foo.Panel):
         if not sample_id or not key:
             ctx.panel.state.explanation = None
             return
+        current = ctx.panel.state.explanation or {}
+        if current.get("sample_id") == sample_id and current.get("key") == key:
+            return  # already shown (the row action also changes the selection)
         try:
             out = na.most_influential(ctx.dataset, sample_id, key, k=3)
         except NoiseAuditError as e:
             ctx.panel.state.explanation = {"error": str(e)}
             return
         sample = ctx.dataset[sample_id]
-        explanation = {"sample_id": sample_id, "label": out["label"], "image": media_url(sample.filepath)}
+        explanation = {"sample_id": sample_id, "key": key, "label": out["label"], "image": media_url(sample.filepath)}
         for kind in ("most", "least"):
             explanation[kind] = [{"image": media_url(e["filepath"]), "caption": f"{e['label']}: {e['influence']:+.3g}"}
                                  for e in out[kind]]
@@ -231,8 +234,8 @@ class NoiseAuditPanel(foo.Panel):
         if "error" in explanation:
             panel.view("explain_error", types.Notice(label=explanation["error"]))
             return
-        panel.md(f"### Why `{explanation['label']}`?\nThe training images that most support (left) and most "
-                 "oppose (right) the selected sample's label, with their influence.", name="explain_title")
+        panel.md(f"#### Why `{explanation['label']}`?\nThe training images that most support (▲) and most "
+                 "oppose (▼) the selected sample's label, with their influence on its loss.", name="explain_title")
         row = panel.h_stack("explain_images", gap=1, align_x="left")
         col = row.v_stack("explain_selected", gap=0)
         col.view("img_selected", types.ImageView(height="96px", width="96px", alt="selected sample"))
@@ -241,4 +244,4 @@ class NoiseAuditPanel(foo.Panel):
             for i, e in enumerate(explanation[kind]):
                 col = row.v_stack(f"explain_{kind}_{i}", gap=0)
                 col.view(f"img_{kind}_{i}", types.ImageView(height="96px", width="96px", alt=f"{kind} influential {i + 1}"))
-                col.md(f"{'+' if kind == 'most' else '−'} {e['caption']}", name=f"cap_{kind}_{i}")
+                col.md(f"{'▲' if kind == 'most' else '▼'} {e['caption']}", name=f"cap_{kind}_{i}")
