@@ -7,9 +7,11 @@ back from the stored operation while it runs.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import fiftyone as fo
@@ -45,7 +47,8 @@ def test_install_links_plugin_and_fiftyone_lists_its_operators(tmp_path):
     with pytest.raises(na.NoiseAuditError, match="already installed"):
         install_plugin(tmp_path, copy=True)
     env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "fiftyone.core.cli", "operators", "list"], env=env,
+    fiftyone_cli = shutil.which("fiftyone", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run([fiftyone_cli, "operators", "list", "--include-unlisted"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     for name in OPERATORS + ("noise_audit",):
