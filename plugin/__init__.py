@@ -25,10 +25,9 @@ from .panel import NoiseAuditPanel
 
 PLUGIN = "@noise-audit/noise-audit"
 # Audits of views larger than this default to delegated execution: features of
-# a few thousand images take minutes on a CPU, longer than an App request
-# should block (and than FiftyOne's default operator timeout of 10 minutes
-# allows for ~6,000+ images). Smaller views run immediately, with live
-# progress in the App.
+# a few thousand images take minutes on a CPU, longer than an App request (and
+# the tab waiting on it) should be held. Smaller views run immediately, with
+# live progress in the App.
 IMMEDIATE_MAX_SAMPLES = 2000
 AUTO_TEST = "auto (val/test tags, else a 10% split)"
 
