@@ -1,19 +1,36 @@
-"""Shared set-up of the benchmarks: their own database, the seed scenario."""
+"""Shared set-up of the benchmarks: their own database, data paths, tables, JSON.
+
+Importing this module sets the environment before FiftyOne is imported: the
+benchmarks use the database ``noise_audit_bench`` (unless
+``FIFTYONE_DATABASE_NAME`` says otherwise), never send usage data, and cache
+features under ``.cache/noise_audit`` in the repository. ``src/`` is put on
+``sys.path`` so the scripts run from a checkout without ``pip install``.
+"""
 
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FIFTYONE_DATABASE_NAME", "noise_audit_bench")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("NOISE_AUDIT_CACHE", str(ROOT / ".cache" / "noise_audit"))
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
 SHARED = Path(os.environ.get("NOISE_AUDIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TINY = SHARED / "tiny-imagenet-10"
+CIFAR_TAR = SHARED / "cifar10-jpeg.tar.gz"
+DATA = ROOT / ".data"  # git-ignored
+CIFAR_DIR = DATA / "cifar10"
 SEED_CLASSES = ["dining_table", "gondola"]
 RESULTS = ROOT / "bench" / "results"
+METRICS = ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")
+METRIC_NAMES = ("AUROC", "AP", "P@k", "recall@10%")
 
 
 def require_data():
@@ -21,11 +38,73 @@ def require_data():
         sys.exit(f"benchmark data not found at {TINY} (../shared/data beside the repo)")
 
 
+def tiny_classes(which):
+    """``"pair"`` -> the seed pair; ``"ten"`` -> all ten Tiny ImageNet classes."""
+    if which == "pair":
+        return list(SEED_CLASSES)
+    return sorted(p.name for p in (TINY / "train").iterdir() if p.is_dir())
+
+
+def cifar_root(tarball=None, dest=None):
+    """CIFAR-10 JPEGs (``train/<class>/*.jpg``, ``test/<class>/*.jpg``), unpacked once."""
+    dest = Path(dest or CIFAR_DIR)
+    if (dest / "train").is_dir() and (dest / "test").is_dir():
+        return dest
+    tarball = Path(tarball or CIFAR_TAR)
+    if not tarball.is_file():
+        sys.exit(f"CIFAR-10 not found at {tarball} (../shared/data/cifar10-jpeg.tar.gz beside the repo)")
+    dest.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(dest)], check=True)
+    # The archive may hold a top folder; find the one with train/ and test/.
+    if not (dest / "train").is_dir():
+        inner = [p for p in dest.iterdir() if (p / "train").is_dir()]
+        if inner:
+            for sub in inner[0].iterdir():
+                sub.rename(dest / sub.name)
+    print(f"unpacked {tarball.name} into {dest} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return dest
+
+
+def cifar_files(root, split, n=None, seed=0):
+    """``(paths, labels, classes)`` of a CIFAR split; ``n`` = stratified random subset."""
+    import numpy as np
+
+    root = Path(root)
+    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        files = sorted(str(p) for p in (root / split / c).iterdir())
+        paths += files
+        labels += [i] * len(files)
+    paths, labels = np.array(paths), np.array(labels)
+    if n is not None and n < len(paths):
+        rng = np.random.default_rng(seed)
+        per = n // len(classes)
+        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == i))[:per] for i in range(len(classes))])
+        keep = np.sort(keep)
+        paths, labels = paths[keep], labels[keep]
+    return paths, labels, classes
+
+
 def machine():
     import torch
 
     return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def mean_std(values):
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(len(v))}
+
+
+def fmt_ms(s, digits=4):
+    """``mean ± std`` of a :func:`mean_std` dict."""
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
 def table(rows, headers):
@@ -34,8 +113,16 @@ def table(rows, headers):
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def write_json(name, payload):
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"\nwrote {path.relative_to(ROOT)}")
+def write_json(name, payload, results_dir=None):
+    out = Path(results_dir or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    try:
+        shown = path.relative_to(ROOT)
+    except ValueError:
+        shown = path
+    print(f"\nwrote {shown}")
+    return path

@@ -268,6 +268,7 @@ class GenerateNoiseReport(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         key = _audit_key_input(ctx, inputs)
+        ctx.target_view()  # the report covers the audited samples of the target
         if key:
             candidates = nav.truth_fields(ctx.dataset)
             inputs.enum("truth_field", candidates, default=nav.default_truth_field(ctx.dataset), label="Truth field (optional)",
@@ -280,12 +281,16 @@ class GenerateNoiseReport(foo.Operator):
         from noise_audit.report import report
 
         p = ctx.params
-        out = report(ctx.dataset, p["key"], p["out_dir"], truth_field=p.get("truth_field") or None)
-        return {"report": str(out)}
+        summary = report(ctx.target_view(), p["key"], p["out_dir"], truth_field=p.get("truth_field") or None,
+                         progress=False, on_progress=lambda stage, f: ctx.set_progress(progress=f, label=f"report: {stage}"))
+        return {"report": summary["files"]["html"], "summary_json": summary["files"]["json"],
+                "summary_md": summary["files"]["markdown"]}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.str("report", label="Report written to")
+        outputs.str("report", label="Report (open in a browser)")
+        outputs.str("summary_json", label="Every number, as JSON")
+        outputs.str("summary_md", label="Markdown summary")
         return types.Property(outputs)
 
 

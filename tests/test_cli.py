@@ -22,7 +22,7 @@ def cli(*args, check=True):
     return proc
 
 
-@pytest.mark.parametrize("command", ["demo", "import", "inject", "audit", "evaluate"])
+@pytest.mark.parametrize("command", ["demo", "import", "inject", "audit", "report", "evaluate", "plugin"])
 def test_every_subcommand_has_help(command):
     out = cli(command, "--help").stdout
     assert "--json" in out and "usage: noise-audit" in out

@@ -6,6 +6,7 @@ by FiftyOne's delegated-operation service, and the progress it reports is read
 back from the stored operation while it runs.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,3 +137,16 @@ def test_delegated_audit_reports_progress_to_the_stored_operation(noisy_dataset)
     assert any("features" in s for s in stages) and any("influence" in s or "scores" in s or "done" in s for s in stages), seen
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)  # progress only moves forward
     service.delete_operation(op_id)
+
+
+def test_report_operator_writes_the_report(noisy_dataset, tmp_path):
+    ds = noisy_dataset
+    na.audit(ds, "ground_truth_noisy", key="rep", image_size=64, progress=False)
+    out = run_op("generate_noise_report", ds, key="rep", truth_field="label_flipped", out_dir=str(tmp_path / "r")).result
+    html = Path(out["report"])
+    assert html == tmp_path / "r" / "report.html" and html.stat().st_size > 10_000
+    summary = json.loads(Path(out["summary_json"]).read_text())
+    assert summary["overview"]["n_samples"] == len(ds) and summary["truth"]["n_flipped"] == 12
+    direct = na.evaluate(ds, "rep_corruption_score", "label_flipped")
+    assert summary["truth"]["metrics"]["corruption_score"]["auroc"] == pytest.approx(direct["auroc"])
+    assert "rep" in Path(out["summary_md"]).read_text()

@@ -7,6 +7,7 @@ Public API::
     na.inject_label_noise(dataset.match_tags("train"), fraction=0.1)
     results = na.audit(dataset, "ground_truth_noisy")
     na.evaluate(dataset, "noise_audit_corruption_score")
+    na.report(dataset, "noise_audit", "report/", truth_field="label_flipped")
 """
 
 # FiftyOne first: importing it after dask (a pyDVL dependency) fails with
@@ -19,10 +20,11 @@ from .errors import NoiseAuditError
 from .explain import most_influential
 from .metrics import detection_metrics, evaluate
 from .noise import inject_label_noise
+from .report import label_error_rate, report
 from .run import audit_fields, delete_audit, list_audits, load_audit
 
 __all__ = [
     "AuditResults", "NoiseAuditError", "__version__", "audit", "audit_fields",
-    "delete_audit", "detection_metrics", "evaluate", "inject_label_noise",
-    "list_audits", "load_audit", "load_image_folder", "most_influential",
+    "delete_audit", "detection_metrics", "evaluate", "inject_label_noise", "label_error_rate",
+    "list_audits", "load_audit", "load_image_folder", "most_influential", "report",
 ]

@@ -1,7 +1,9 @@
 """The ``noise-audit`` command line: a thin shell over the library.
 
 Exit codes: 0 success; 1 unexpected failure; 2 bad input (a clear message,
-nothing written).
+nothing written); 3 quality gate failed (``--fail-above RATE``: the estimated
+share of label errors is above ``RATE``; the audit and the report are written
+before exiting).
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import warnings
 
 from .errors import NoiseAuditError
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
+
+
+class GateFailed(Exception):
+    """The ``--fail-above`` gate failed; carries the command's normal output."""
+
+    def __init__(self, output, message):
+        super().__init__(message)
+        self.output = output
 
 
 def _table(rows, headers):
@@ -82,20 +92,90 @@ def cmd_inject(args):
             f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
 
 
+def _check_gate_args(args):
+    if args.fail_above is not None and not 0 <= args.fail_above <= 1:
+        raise NoiseAuditError(f"--fail-above must be a share of samples in [0, 1], not {args.fail_above}")
+
+
+def _gate(view, key, fail_above, out):
+    """Adds ``out["gate"]`` and returns the failure message, if the gate failed."""
+    if fail_above is None:
+        return None
+    from .report import label_error_rate
+
+    gate = dict(label_error_rate(view, key), threshold=fail_above)
+    gate["passed"] = gate["rate"] <= fail_above
+    out["gate"] = gate
+    if gate["passed"]:
+        return None
+    return (f"gate failed: estimated share of label errors {gate['rate']:.4f} "
+            f"({gate['num_label_issues']}/{gate['n_samples']}) is above --fail-above {fail_above}")
+
+
+def _gate_line(out):
+    g = out.get("gate")
+    if not g:
+        return ""
+    verdict = "passed" if g["passed"] else "FAILED"
+    return (f"\ngate {verdict}: estimated share of label errors {g['rate']:.4f} "
+            f"({g['num_label_issues']}/{g['n_samples']}) {'<=' if g['passed'] else '>'} {g['threshold']}")
+
+
+def _finish(args, out, text, failure):
+    result = json.dumps(out, indent=2) if args.json else text + _gate_line(out)
+    if failure:
+        raise GateFailed(result, failure)
+    return result
+
+
+def _report(view, key, args, out):
+    from .report import report
+
+    rep = report(view, key, args.report if args.command == "audit" else args.out, truth_field=args.truth_field,
+                 top_n=args.top_n, n_explained=args.explain, progress=not args.json)
+    out["report"] = rep["files"]
+    out["report_seconds"] = rep["seconds"]
+    if rep.get("truth"):
+        m = rep["truth"]["metrics"]["corruption_score"]
+        out["truth"] = {k: m[k] for k in ("auroc", "average_precision", "precision_at_k")}
+    return f"report: {rep['files']['html']} (and summary.json, summary.md beside it)"
+
+
 def cmd_audit(args):
     from .audit import audit
+    from .report import check_out_dir, check_truth_field
 
     ds = _load_dataset(args.dataset)
+    view = _view(ds, args.tags)
     reg = args.regularization if args.regularization == "auto" else float(args.regularization)
-    r = audit(_view(ds, args.tags), args.label_field, test=args.test, key=args.key, backbone=args.backbone,
+    _check_gate_args(args)
+    if args.report:  # bad report arguments fail before the audit writes anything
+        check_out_dir(args.report)
+        check_truth_field(view, args.truth_field)
+    elif args.truth_field:
+        raise NoiseAuditError("--truth-field is for the report: pass --report DIR too")
+    r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
               weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
               folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json)
     out = {"dataset": ds.name, "key": r.key, "n_samples": len(r.ids), "num_label_issues": r.num_label_issues,
            "influence_method": r.config["influence_method"], "fields": r.config["fields"], "timings_s": r.timings}
-    if args.json:
-        return json.dumps(out, indent=2)
-    return (f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
+    text = (f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
             f"{r.num_label_issues} estimated label issues; fields {list(r.config['fields'].values())}")
+    if args.report:
+        text += "\n" + _report(view, r.key, args, out)
+    return _finish(args, out, text, _gate(view, r.key, args.fail_above, out))
+
+
+def cmd_report(args):
+    from .report import check_out_dir
+
+    ds = _load_dataset(args.dataset)
+    view = _view(ds, args.tags)
+    _check_gate_args(args)
+    check_out_dir(args.out)
+    out = {"dataset": ds.name, "key": args.key}
+    text = _report(view, args.key, args, out)
+    return _finish(args, out, text, _gate(view, args.key, args.fail_above, out))
 
 
 def cmd_evaluate(args):
@@ -120,6 +200,34 @@ def cmd_evaluate(args):
         "", "mean corruption score by given label",
         _table(labels, ["label", "clean", "flipped", "mean clean", "mean flipped"]),
     ])
+
+
+def cmd_plugin(args):
+    from . import plugin_install as pi
+
+    if args.action == "path":
+        out = {"plugin_dir": str(pi.plugin_source_dir())}
+    elif args.action == "install":
+        target = pi.install_plugin(args.plugins_dir, copy=args.copy, overwrite=args.overwrite)
+        out = {"installed": str(target), "mode": "copy" if args.copy else "link", "plugin": pi.PLUGIN_NAME}
+    else:
+        out = {"removed": pi.uninstall_plugin(args.plugins_dir)}
+    if args.json:
+        return json.dumps(out, indent=2)
+    if "installed" in out:
+        return (f"installed {out['plugin']} at {out['installed']} ({out['mode']}); "
+                "restart the App, then `fiftyone operators list` shows its operators")
+    return next(iter(out.values())) if args.action == "path" else ("removed" if out["removed"] else "not installed")
+
+
+def add_report_options(sp):
+    sp.add_argument("--truth-field", help="boolean field, True where a label is known to be wrong (adds detection quality)")
+    sp.add_argument("--top-n", type=int, default=24, help="suspects shown in the report's grid (default 24)")
+    sp.add_argument("--explain", type=int, default=3, metavar="N",
+                    help="held-out images explained by their most/least influential training images (default 3)")
+    sp.add_argument("--fail-above", type=float, metavar="RATE",
+                    help=f"exit {EXIT_GATE_FAILED} when the estimated share of label errors "
+                         "(num_label_issues / n) is above RATE, e.g. 0.05; the report is written first")
 
 
 def build_parser():
@@ -173,11 +281,27 @@ def build_parser():
     a.add_argument("--folds", type=int, default=5)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--report", metavar="DIR", help="also write the report (report.html, summary.json, summary.md) to DIR")
+    add_report_options(a)
+
+    r = add("report", cmd_report, "Write an audit's report: report.html (self-contained), summary.json, summary.md.")
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--key", default="noise_audit")
+    r.add_argument("--out", required=True, metavar="DIR", help="folder for the three files (created if needed)")
+    r.add_argument("--tags", nargs="+", help="report only audited samples with these tags")
+    add_report_options(r)
 
     e = add("evaluate", cmd_evaluate, "Detection metrics of an audit against a truth field.")
     e.add_argument("--dataset", required=True)
     e.add_argument("--key", default="noise_audit")
     e.add_argument("--truth-field", default="label_flipped")
+
+    g = add("plugin", cmd_plugin, "Install (or remove) the FiftyOne App plugin: operators and the Noise audit panel.")
+    g.add_argument("action", choices=["install", "uninstall", "path"],
+                   help="install: link (or --copy) into the plugins dir; uninstall; path: where the plugin files are")
+    g.add_argument("--plugins-dir", help="FiftyOne's plugins directory (default: fo.config.plugins_dir, FIFTYONE_PLUGINS_DIR)")
+    g.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    g.add_argument("--overwrite", action="store_true", help="replace an earlier install")
     return p
 
 
@@ -222,6 +346,10 @@ def main(argv=None):
     except NoiseAuditError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except GateFailed as e:
+        print(e.output, file=stdout)
+        print(str(e), file=sys.stderr)
+        return EXIT_GATE_FAILED
     if result is not None:
         print(result, file=stdout)
     return EXIT_OK

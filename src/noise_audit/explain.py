@@ -33,8 +33,10 @@ def _audit_model(config, results):
 def _audit_features(dataset, config, results, ids, bb):
     if bb.cache_id != config.backbone_id:
         raise NoiseAuditError("The backbone's features changed since the audit (weights or code); re-run the audit")
-    paths = dataset.select(ids, ordered=True).values("filepath")
-    raw, _ = feats.extract_features(paths, bb, cache_dir=config.cache_dir, progress=False)
+    # ids may repeat (a training sample explained against its own training set):
+    # select() would drop the repeat, so look paths up by id instead.
+    path_of = dict(zip(*dataset.select(list(dict.fromkeys(ids))).values(["id", "filepath"])))
+    raw, _ = feats.extract_features([path_of[i] for i in ids], bb, cache_dir=config.cache_dir, progress=False)
     mean, std = np.array(results.feature_mean), np.array(results.feature_std)
     return (raw - mean) / std
 
@@ -50,37 +52,55 @@ def most_influential(dataset, sample_id, key="noise_audit", k=3):
         entry is ``{"id", "filepath", "label", "influence"}``, most helpful
         first in ``most`` and most harmful first in ``least``.
     """
+    return most_influential_many(dataset, [sample_id], key, k)[0]
+
+
+def most_influential_many(dataset, sample_ids, key="noise_audit", k=3):
+    """:func:`most_influential` for several samples at once.
+
+    The influence model is fitted and the features are read once for all of
+    them (fitting dominates the cost), so explaining a handful of images
+    costs about as much as explaining one. Returns a list in ``sample_ids``'
+    order.
+    """
     config, results = load_audit(dataset, key)
     ids = list(results.ids)
     labels = np.array(results.labels)
     is_test = np.array(results.is_test)
     train_ids = [i for i, t in zip(ids, is_test) if not t]
-    if sample_id in ids:
-        label = int(labels[ids.index(sample_id)])
-    else:
+    sample_ids = list(sample_ids)
+    targets = []
+    for sample_id in sample_ids:
+        if sample_id in ids:
+            targets.append(int(labels[ids.index(sample_id)]))
+            continue
         sample = dataset[sample_id]
         name = sample[config.label_field].label if sample[config.label_field] else None
         if name not in results.classes:
             raise NoiseAuditError(f"Sample {sample_id} has no label among the audit's classes")
-        label = results.classes.index(name)
+        targets.append(results.classes.index(name))
     bb, head = _audit_model(config, results)
-    x = _audit_features(dataset, config, results, train_ids + [sample_id], bb)
-    x_train, x_one = x[:-1], x[-1:]
+    x = _audit_features(dataset, config, results, train_ids + sample_ids, bb)
+    x_train, x_targets = x[: len(train_ids)], x[len(train_ids):]
     y_train = labels[~is_test]
     model = infl.fit_influence_model(head, x_train, y_train, config.regularization, config.influence_method)
-    values = infl.influences_on(model, x_one, [label], x_train, y_train)[0]
-    order = np.argsort(-values)
+    values = infl.influences_on(model, x_targets, targets, x_train, y_train)
     paths = dict(zip(*dataset.select(train_ids).values(["id", "filepath"])))
 
-    def entry(i):
+    def entry(i, row):
         return {
             "id": train_ids[i], "filepath": paths[train_ids[i]],
-            "label": results.classes[int(y_train[i])], "influence": float(values[i]),
+            "label": results.classes[int(y_train[i])], "influence": float(row[i]),
         }
 
-    return {
-        "sample_id": sample_id,
-        "label": results.classes[label],
-        "most": [entry(i) for i in order[:k]],
-        "least": [entry(i) for i in order[::-1][:k]],
-    }
+    out = []
+    for sample_id, label, row in zip(sample_ids, targets, values):
+        # A training sample's own influence is its self-influence: leave it out.
+        order = np.array([i for i in np.argsort(-row) if train_ids[i] != sample_id])
+        out.append({
+            "sample_id": sample_id,
+            "label": results.classes[label],
+            "most": [entry(i, row) for i in order[:k]],
+            "least": [entry(i, row) for i in order[::-1][:k]],
+        })
+    return out

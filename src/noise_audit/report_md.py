@@ -1,0 +1,76 @@
+"""``summary.md``: the tables of a noise-audit report as Markdown.
+
+For places where a page with images does not fit (a pull-request comment, a
+chat message, a CI log). Rendered from the same summary as ``report.html``
+and ``summary.json``; figures and images stay in the HTML page.
+"""
+
+from __future__ import annotations
+
+from .report_html import fnum
+
+
+def _table(headers, rows):
+    def cell(x):
+        return str(x).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(s):
+    """Markdown for the summary of :func:`noise_audit.report.report`."""
+    o, d, m, su, t, r = s["overview"], s["data"], s["model"], s["suspects"], s.get("truth"), s["run"]
+    out = [
+        f"# Noise audit: {o['dataset']} / {o['key']}",
+        "",
+        f"- label field: `{o['label_field']}`; {fnum(o['n_samples'])} samples ({fnum(o['n_train'])} train, "
+        f"{fnum(o['n_held_out'])} held-out), {fnum(o['n_classes'])} classes",
+        f"- **estimated label errors: {fnum(o['num_label_issues'])} ({fnum(o['label_error_rate'], 'pct')})**",
+        f"- head: held-out accuracy {fnum(m['test_accuracy'], 'f')}, F1 (macro) {fnum(m['test_f1_macro'], 'f')}",
+        f"- influence solver: {o['influence_method']}",
+    ]
+    if t:
+        out.append(f"- truth `{t['field']}`: {fnum(t['n_flipped'])} flipped; corruption score AUROC "
+                   f"{fnum(t['metrics']['corruption_score']['auroc'], 'f')}; {fnum(t['n_flagged_and_flipped'])} of "
+                   f"{fnum(t['n_flagged'])} flagged suspects are flips")
+    out += ["", f"Written {s['created']}. Figures and images: `report.html`; every number: `summary.json`.", ""]
+
+    out += ["## Data", "", _table(["class", "train", "held-out", "total"],
+                                  [[c, v["train"], v["held_out"], v["total"]] for c, v in d["class_counts"].items()]), ""]
+    out += ["## Model (held-out)", "", _table(
+        ["class", "precision", "recall", "F1", "support"],
+        [[c, fnum(v["precision"], "f"), fnum(v["recall"], "f"), fnum(v["f1"], "f"), v["support"]]
+         for c, v in m["per_class"].items()]), ""]
+
+    truth = "flipped_per_class" in su
+    out += ["## Estimated label errors per class", "", _table(
+        ["given label", "estimated errors"] + (["actually flipped", "flagged and flipped"] if truth else []),
+        [[c, v] + ([su["flipped_per_class"][c], su["flagged_and_flipped_per_class"][c]] if truth else [])
+         for c, v in su["label_issues_per_class"].items()]), ""]
+
+    out += [f"## Top {len(su['top'])} suspects", "", _table(
+        ["rank", "given", "predicted", "confidence", "score", "label quality", "avg influence", "split"]
+        + (["flipped"] if truth else []) + ["file"],
+        [[e["rank"], e["label"], e["predicted"], fnum(e["confidence"], "pct"), fnum(e["corruption_score"], "f"),
+          fnum(e["label_quality"], "f"), fnum(e["average_influence"]), e["split"]]
+         + ([fnum(e["flipped"])] if truth else []) + [f"`{e['filepath']}`"] for e in su["top"]]), ""]
+
+    if t:
+        keys = ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")
+        out += ["## Detection quality against the truth", "", _table(
+            ["signal", "AUROC", "AP", "P@k", "recall@10%"],
+            [[n] + [fnum(mt[k], "f") for k in keys] for n, mt in t["metrics"].items()]), ""]
+        for n in ("average_influence", "corruption_score"):
+            fmt = "g" if n == "average_influence" else "f"
+            out += [f"Mean {n.replace('_', ' ')} per given label:", "", _table(
+                ["given label", "clean", "flipped", "mean clean", "mean flipped"],
+                [[row["label"], row["n_clean"], row["n_flipped"], fnum(row["mean_clean"], fmt),
+                  fnum(row["mean_flipped"], fmt)] for row in t["metrics"][n]["per_label"]]), ""]
+
+    out += ["## Run", "", _table(["setting", "value"], [[k, f"`{v}`"] for k, v in r["config"].items()]), ""]
+    out += [_table(["stage", "seconds"],
+                   [[f"audit: {k}", fnum(v, "s")] for k, v in r["audit_timings"].items()]
+                   + [[f"report: {k}", fnum(v, "s")] for k, v in r["report_timings"].items()]), ""]
+    return "\n".join(out)

@@ -1,0 +1,111 @@
+"""The benchmark scripts: the GPU audit script on a CPU at small n, and the helpers the others share.
+
+``bench/gpu.py`` is meant for a lent H200, but the same code runs on a CPU; here
+it audits 100 + 40 real Tiny ImageNet images (two classes, 32 px) and its JSON
+is checked, including its exact-Hessian influence against the library's pyDVL
+path (DirectInfluence) on the same head.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, requires_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(BENCH), env.get("PYTHONPATH", "")])
+    env.setdefault("FIFTYONE_DATABASE_NAME", "noise_audit_tests")
+    env["FIFTYONE_DO_NOT_TRACK"] = "true"
+    return env
+
+
+@requires_shared
+def test_gpu_script_runs_on_cpu_at_small_n(tmp_path):
+    cmd = [sys.executable, str(BENCH / "gpu.py"), "--device", "cpu", "--data", str(TINY),
+           "--classes", "dining_table", "gondola", "--n-train", "100", "--n-test", "40", "--image-size", "32",
+           "--workers", "2", "--repeats", "1", "--check-pydvl", "--out", "gpu_small", "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "gpu_small.json").read_text())
+    assert out["device"] == "cpu"
+    assert (out["n_train"], out["n_test"], out["n_classes"]) == (100, 40, 2)
+    assert out["n_flipped"] == 10  # 10% uniform flips of the training labels
+    run = out["runs"][0]
+    stages = ("decode", "features", "cross_validation", "head", "influence", "scores")
+    assert all(run["timings_s"][s] >= 0 for s in stages)
+    assert run["timings_s"]["total"] == pytest.approx(sum(run["timings_s"][s] for s in stages), abs=1e-3)
+    assert out["target_met"] == (run["timings_s"]["total"] < out["target_s"])
+    assert run["n_parameters"] == 2 * (1280 + 1)
+    for signal in ("corruption_score", "average_influence", "self_influence", "label_quality", "loss", "loo_loss"):
+        m = run["metrics"][signal]
+        assert 0 <= m["auroc"] <= 1 and m["k"] == 10 and m["n"] == 140
+    assert run["metrics"]["corruption_score"]["auroc"] > 0.8  # flips are found even at 32 px
+    check = out["pydvl_check"]  # closed-form Hessian == pyDVL's DirectInfluence on the same head
+    for signal in ("average_influence", "self_influence"):
+        assert check[signal]["pearson"] > 0.999999
+        assert check[signal]["max_rel_diff"] < 1e-6
+    assert check["label_quality_is_p_given"] < 1e-12
+
+
+def test_gpu_flips_are_the_library_flips():
+    sys.path.insert(0, str(BENCH))
+    import gpu
+    from noise_audit.noise import choose_flips
+
+    labels = np.random.default_rng(3).integers(0, 10, size=500)
+    for seed in (0, 1):
+        ours = gpu.uniform_flips(labels, 10, 0.1, seed)
+        lib = choose_flips(labels, 10, 0.1, "uniform", seed)
+        assert np.array_equal(ours[0], lib[0]) and np.array_equal(ours[1], lib[1])
+
+
+def test_fit_heads_matches_fit_head():
+    """The jointly fitted fold heads of gpu.py reach the library's single-head minimum."""
+    sys.path.insert(0, str(BENCH))
+    import torch
+
+    import gpu
+    from noise_audit import head as heads
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 8))
+    y = (x[:, 0] + 0.5 * rng.normal(size=120) > 0).astype(int) + (x[:, 1] > 1).astype(int)
+    masks = np.ones((2, 120))
+    masks[0, :40] = 0
+    W, b, _ = gpu.fit_heads(torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(masks), 3, 3.0)
+    for k in range(2):
+        keep = masks[k] > 0
+        ref, _ = heads.fit_head(x[keep], y[keep], 3, 3.0)
+        assert np.allclose(W[k].numpy(), ref.fc.weight.detach().numpy(), atol=1e-6)
+        assert np.allclose(b[k].numpy(), ref.fc.bias.detach().numpy(), atol=1e-6)
+
+
+def test_quality_mistakenness_formula_is_brains():
+    """quality.py's numpy copy of Brain's mistakenness (checked against Brain in every first-seed cell)."""
+    sys.path.insert(0, str(BENCH))
+    import quality
+    from fiftyone.brain.internal.core.mistakenness import _compute_mistakenness_class
+
+    logits = np.random.default_rng(1).normal(size=(50, 4)) * 3
+    given = np.random.default_rng(2).integers(0, 4, size=50)
+    ours = quality.mistakenness(logits, given)
+    theirs = [_compute_mistakenness_class(lg.tolist(), float(lg.argmax() == g)) for lg, g in zip(logits, given)]
+    assert np.allclose(ours, theirs, atol=1e-12)
+
+
+def test_growth_exponent():
+    sys.path.insert(0, str(BENCH))
+    import speed
+
+    ns = [1000, 5000, 20000]
+    assert speed.growth_exponent(ns, [2e-3 * n ** 1.5 for n in ns]) == pytest.approx(1.5)
