@@ -289,13 +289,16 @@ def main():
     out = json.loads(path.read_text()) if args.merge and path.is_file() else {}
     out.setdefault("commands", []).append(" ".join(["python", "bench/speed.py", *sys.argv[1:]]))
     out["machine"] = machine()
+    # Written after every part, so an interrupted run keeps what it measured.
     if "influence" in args.parts:
         out["influence"] = part_influence(args.repeats, args.seed_repeats, args.estimators)
+        write_json("speed", out)
     if "stages" in args.parts:
         out["stages"] = part_stages(args.repeats)
+        write_json("speed", out)
     if "scaling" in args.parts:
         out["scaling"] = part_scaling(args.sizes)
-    write_json("speed", out)
+        write_json("speed", out)
 
 
 if __name__ == "__main__":

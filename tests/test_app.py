@@ -155,7 +155,9 @@ def test_panel_shows_the_runs_numbers_and_sorts_the_grid(browser, app_url, audit
     # Summary and metrics: the run's numbers.
     auroc = summary["metrics"]["corruption_score"]["auroc"]
     page.get_by_text(f"corruption score AUROC {auroc:.3f}", exact=False).wait_for()
-    page.get_by_text(f"{summary['metrics']['label_quality']['average_precision']:.4g}", exact=True).wait_for()
+    metrics_table = page.locator("table").filter(has_text="Precision@k").first
+    lq_row = metrics_table.locator("tbody tr").filter(has_text="label_quality").first.locator("td").all_inner_texts()
+    assert lq_row[1:3] == [f"{summary['metrics']['label_quality'][m]:.4g}" for m in ("auroc", "average_precision")]
 
     # Histograms: the bars count every audited sample, per label and clean/flipped.
     traces = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g.data.map(t => [t.name, t.y.reduce((a, b) => a + b, 0)]))")
