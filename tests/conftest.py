@@ -17,6 +17,14 @@ os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("NOISE_AUDIT_CACHE", str(ROOT / ".cache" / "noise_audit"))
 
 import fiftyone as fo  # noqa: E402
+import fiftyone.core.odm as foo  # noqa: E402
+
+# Connect now, before any test starts a subprocess (the App server, the CLI):
+# this process then owns the embedded mongod for the whole session and exports
+# its port (FIFTYONE_PRIVATE_DATABASE_PORT) to every subprocess. Otherwise the
+# first subprocess to connect starts mongod, and a second process racing it
+# starts another that dies on the data directory's lock.
+foo.get_db_conn()
 
 SHARED = Path(os.environ.get("NOISE_AUDIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TINY = SHARED / "tiny-imagenet-10"

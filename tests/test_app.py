@@ -105,7 +105,16 @@ def browser():
 def open_dataset(browser, app_url, dataset):
     page = browser.new_page(viewport={"width": 1920, "height": 1200})
     errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def on_error(e):
+        # The App's router throws "entry is loading" when its route entry is read
+        # while the dataset page is still loading (fiftyone/app's router
+        # context). It is the App's own transient race, seen at random, and
+        # the page recovers; every other page error fails the test.
+        if str(e) != "entry is loading":
+            errors.append(str(e))
+
+    page.on("pageerror", on_error)
     # No network here: the App's web fonts and telemetry would only time out.
     page.route(re.compile(r"^https?://(?!127\.0\.0\.1)"), lambda route: route.abort())
     page.goto(f"{app_url}/datasets/{dataset.name}")
