@@ -272,6 +272,8 @@ def main():
                         "elsewhere its formula is computed in numpy and checked equal where both ran")
     p.add_argument("--quick", action="store_true", help="pair, 10%% uniform, seeds 0-1, direct and cg, one backbone")
     p.add_argument("--merge", action="store_true", help="add to the cells already in the results file")
+    p.add_argument("--skip-done", action="store_true",
+                   help="with --merge: skip cells the results file already has (resume an interrupted grid)")
     p.add_argument("--out", default="quality", help="results file name under bench/results/")
     args = p.parse_args()
     if args.quick:
@@ -306,9 +308,12 @@ def main():
                 for strategy in args.strategies:
                     for rate in args.rates:
                         for seed in args.seeds:
+                            key = f"{which}/{args.image_size}/{strategy}/{rate}/{seed}"
+                            if args.skip_done and key in cells["grid"]:
+                                continue
                             cell = sc.audit_cell(strategy, rate, seed, brain=brain_mode(seed), image_size=args.image_size)
                             cell.update(scenario=which, strategy=strategy, rate=rate, seed=seed)
-                            cells["grid"][f"{which}/{args.image_size}/{strategy}/{rate}/{seed}"] = cell
+                            cells["grid"][key] = cell
                             save(args, cells, commands, notes, t_all)
                             m = cell["metrics"]
                             print(f"[{which}] {strategy} {rate:.0%} seed {seed}: score AUROC "
@@ -318,10 +323,13 @@ def main():
             if "estimators" in args.parts and which in args.estimator_classes:
                 for method in args.estimators:
                     for seed in args.seeds:
+                        key = f"{which}/{args.image_size}/{method}/{seed}"
+                        if args.skip_done and key in cells["estimators"]:
+                            continue
                         cell = sc.audit_cell("uniform", 0.1, seed, brain=False, method=method,
                                             image_size=args.image_size)
                         cell.update(scenario=which, method=method, seed=seed)
-                        cells["estimators"][f"{which}/{args.image_size}/{method}/{seed}"] = cell
+                        cells["estimators"][key] = cell
                         save(args, cells, commands, notes, t_all)
                         m = cell["metrics"]
                         print(f"[{which}] estimator {method} seed {seed}: score AUROC {m['corruption_score']['auroc']:.4f}"
@@ -335,10 +343,13 @@ def main():
                         print("resnet18 ImageNet weights not available offline; skipped", flush=True)
                         continue
                     for seed in args.seeds:
+                        key = f"{which}/{args.image_size}/{name}/{seed}"
+                        if args.skip_done and key in cells["backbones"]:
+                            continue
                         cell = sc.audit_cell("uniform", 0.1, seed, brain=brain_mode(seed),
                                              **backbone_kwargs(name, resnet_weights, args.image_size))
                         cell.update(scenario=which, backbone=name, seed=seed)
-                        cells["backbones"][f"{which}/{args.image_size}/{name}/{seed}"] = cell
+                        cells["backbones"][key] = cell
                         save(args, cells, commands, notes, t_all)
                         m = cell["metrics"]
                         print(f"[{which}] backbone {name} seed {seed}: score AUROC {m['corruption_score']['auroc']:.4f}"

@@ -28,4 +28,6 @@ def test_seed_scenario_demo_meets_the_quality_bar():
     again = json.loads(cli("demo", "--data", str(TINY), "--classes", "dining_table", "gondola",
                            "--name", "na-test-demo-seed", "--json").stdout)
     assert again["corruption_score"] == out["corruption_score"] and again["baselines"] == out["baselines"]
-    assert again["timings_s"]["features"] < out["timings_s"]["features"]
+    # Whether the first run computed features depends on what earlier tests cached;
+    # the second run must find every one of them in the cache.
+    assert 0 <= out["features_computed"] <= out["n_samples"] and again["features_computed"] == 0

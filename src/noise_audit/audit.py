@@ -54,6 +54,7 @@ class AuditResults:
     config: dict
     timings: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
+    features_computed: int = 0  # images run through the backbone (0: all from the feature cache)
 
     @property
     def corruption_score(self):
@@ -327,5 +328,5 @@ def audit(
     return AuditResults(
         key=key, dataset=dataset.name, ids=data.ids, classes=data.classes, labels=y, is_test=is_test,
         signals=signals, predictions=oos_probs, num_label_issues=n_issues, config=config,
-        timings=timings, history=history,
+        timings=timings, history=history, features_computed=int(n_computed),
     )

@@ -97,5 +97,6 @@ def run_demo(data=None, classes=None, fraction=0.1, strategy="uniform", seed=0, 
         "influence_method": results.config["influence_method"],
         "corruption_score": summary(signals["corruption_score"]),
         "baselines": {b: summary(signals[b]) for b in BASELINES},
+        "features_computed": results.features_computed,
         "timings_s": results.timings,
     }
