@@ -306,7 +306,10 @@ def run_audit(args, lib, images, labels, is_test, n_classes, device, net_factory
         raw = features_on_device(images, net, args.image_size, device, args.batch_size)
     with clock("cross_validation"):
         tr_t = torch.as_tensor(~is_test, device=device)
-        mean, std = raw[tr_t].mean(0), raw[tr_t].std(0, unbiased=False) + 1e-6
+        # the library's rule (noise_audit.features.standardization): scale floored
+        # at 1% of the median spread, so near-constant features do not explode
+        mean, std = raw[tr_t].mean(0), raw[tr_t].std(0, unbiased=False)
+        std = torch.clamp(std, min=max(0.01 * float(std.median()), 1e-6))
         x = ((raw - mean) / std).double()
         y = torch.as_tensor(labels, device=device)
         splits = list(StratifiedKFold(args.folds, shuffle=True, random_state=args.seed).split(np.zeros(len(labels)), labels))

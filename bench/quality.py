@@ -148,7 +148,7 @@ class Scenario:
             self._features[bb_key] = dict(zip(self.ds.values("id"), raw))
         by_id = self._features[bb_key]
         raw = np.stack([by_id[i] for i in results.ids])
-        x = (raw - np.array(doc.feature_mean)) / np.array(doc.feature_std)
+        x = (raw - np.array(doc.feature_mean)) / np.array([np.inf if v is None else v for v in doc.feature_std])
         head = heads.LinearHead.from_state(doc.head)
         return heads.predict_logits(head, x)
 

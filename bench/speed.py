@@ -213,7 +213,8 @@ def scaling_child(n, out_path):
     peak = rss_mb()
     na.delete_audit(ds, "scale")
     json.dump({"n_train": int(r.config["n_train"]), "n_test": int(r.config["n_test"]), "timings": r.timings,
-               "wall_s": wall, "rss_before_mb": base, "rss_peak_mb": peak,
+               "wall_s": wall, "rss_before_mb": base, "rss_peak_mb": peak, "load_avg_1m_after": os.getloadavg()[0],
+               "torch_threads": __import__("torch").get_num_threads(),
                "influence_method": r.config["influence_method"], "n_parameters": r.config["n_parameters"]},
               open(out_path, "w"))
 
@@ -226,7 +227,7 @@ def growth_exponent(ns, values):
     return float(np.polyfit(np.log(ns[ok]), np.log(values[ok]), 1)[0])
 
 
-def part_scaling(sizes):
+def part_scaling(sizes, on_point=None):
     from noise_audit import features
 
     root = cifar_root()
@@ -254,16 +255,25 @@ def part_scaling(sizes):
         os.unlink(tmp)
         p = points[-1]
         print(f"  n={n}: {p['timings']}, peak RSS {p['rss_peak_mb']:.0f} MB", flush=True)
-    stages = [k for k in points[0]["timings"]]
-    ns = [p["n_train"] for p in points]
-    exps = {k: growth_exponent(ns, [p["timings"][k] for p in points]) for k in stages}
-    exps["peak_rss_above_start"] = growth_exponent(ns, [p["rss_peak_mb"] - p["rss_before_mb"] for p in points])
+        if on_point:  # keep what was measured if a later (larger) n is interrupted
+            on_point(scaling_summary(sizes, feat_info, t_ds, points))
+    result = scaling_summary(sizes, feat_info, t_ds, points)
+    exps, stages = result["growth_exponents"], list(points[0]["timings"])
     rows = [[str(p["n_train"])] + [f"{p['timings'][k]:.2f}" for k in stages]
             + [f"{p['rss_peak_mb']:.0f}", f"{p['rss_peak_mb'] - p['rss_before_mb']:.0f}"] for p in points]
     rows.append(["exponent b"] + [f"{exps[k]:.2f}" if exps[k] is not None else "" for k in stages]
                 + ["", f"{exps['peak_rss_above_start']:.2f}" if exps["peak_rss_above_start"] else ""])
     print(f"\nCIFAR-10 audits (+{CIFAR_TEST} test images), EfficientNet-Lite0 features at {CIFAR_SIZE} px from the cache\n")
     print(table(rows, ["n train", *stages, "peak RSS MB", "RSS growth MB"]))
+    return result
+
+
+def scaling_summary(sizes, feat_info, t_ds, points):
+    """The scaling part's JSON: every point so far and the growth exponents."""
+    stages = [k for k in points[0]["timings"]]
+    ns = [p["n_train"] for p in points]
+    exps = {k: growth_exponent(ns, [p["timings"][k] for p in points]) for k in stages}
+    exps["peak_rss_above_start"] = growth_exponent(ns, [p["rss_peak_mb"] - p["rss_before_mb"] for p in points])
     return {"sizes": list(sizes), "n_test": CIFAR_TEST, "image_size": CIFAR_SIZE, "features": feat_info,
             "dataset_import_s": t_ds, "points": points, "growth_exponents": exps}
 
@@ -297,7 +307,11 @@ def main():
         out["stages"] = part_stages(args.repeats)
         write_json("speed", out)
     if "scaling" in args.parts:
-        out["scaling"] = part_scaling(args.sizes)
+        def save_point(scaling):
+            out["scaling"] = scaling
+            write_json("speed", out)
+
+        out["scaling"] = part_scaling(args.sizes, on_point=save_point)
         write_json("speed", out)
 
 

@@ -165,12 +165,13 @@ def scaling_table(name="speed"):
     sc = results["scaling"]
     stages = ("features", "cross_validation", "head", "influence", "scores", "total", "write")
     out = header(["n train"] + list(stages) + ["peak RSS MB"])
-    for run in sc["runs"]:
-        t = run["timings"]
-        out.append(row([f"{run['n_train']:,}"] + [f"{t[s]:.2f}" if s in t else "" for s in stages]
-                       + [f"{run['peak_rss_mb']:,.0f}"]))
+    for point in sc["points"]:
+        t = point["timings"]
+        out.append(row([f"{point['n_train']:,}"] + [f"{t[s]:.2f}" if s in t else "" for s in stages]
+                       + [f"{point['rss_peak_mb']:,.0f}"]))
     exps = sc.get("growth_exponents", {})
-    out.append(row(["growth exponent b (time ~ n^b)"] + [f"{exps[s]:.2f}" if s in exps else "" for s in stages] + [""]))
+    out.append(row(["growth exponent b (time ~ n^b)"]
+                   + [f"{exps[s]:.2f}" if exps.get(s) is not None else "" for s in stages] + [""]))
     return out + [""]
 
 

@@ -7,6 +7,7 @@ import torch
 from torchvision import transforms as T
 
 import noise_audit as na
+from noise_audit import features
 from noise_audit.features import extract_features, get_backbone
 
 from conftest import TINY, requires_shared
@@ -62,3 +63,26 @@ def test_custom_module_and_resnet18_random_init(images):
     a, _ = extract_features(images[:2], r1, cache_dir=False, progress=False)
     b, _ = extract_features(images[:2], r2, cache_dir=False, progress=False)
     assert a.shape == (2, 512) and np.allclose(a, b)
+
+
+def test_standardization_drops_features_constant_on_the_training_set():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 8)).astype(np.float32)
+    train[:, 3] = 0.0  # constant on the training set (a dead channel)
+    train[:, 5] = rng.normal(scale=1e-7, size=200)  # almost constant
+    held_out = rng.normal(size=(20, 8))
+    held_out[:, [3, 5]] = 3.0  # alive on held-out images
+    mean, scale = features.standardization(train)
+    z_train, z_held = (train - mean) / scale, (held_out - mean) / scale
+    kept = [0, 1, 2, 4, 6, 7]
+    assert np.allclose(z_train[:, kept].std(0), 1.0) and np.allclose(z_train[:, kept].mean(0), 0.0, atol=1e-6)
+    # dropped features standardise to 0 everywhere instead of blowing held-out samples up
+    assert np.all(z_train[:, [3, 5]] == 0) and np.all(z_held[:, [3, 5]] == 0)
+    assert np.abs(z_held).max() < 10
+
+
+def test_standardization_of_all_constant_features_is_zero_and_finite():
+    mean, scale = features.standardization(np.ones((10, 3)))
+    assert np.all(np.isinf(scale))
+    z = (np.full((2, 3), 7.0) - mean) / scale
+    assert np.all(z == 0)

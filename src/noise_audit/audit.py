@@ -231,7 +231,7 @@ def audit(
         on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
     )
     if make_head is None:
-        mean, std = raw[~is_test].mean(0), raw[~is_test].std(0) + 1e-6
+        mean, std = feats.standardization(raw[~is_test])
     else:  # the block's own batch norm expects the raw maps
         mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
     x = ((raw - mean) / std).astype(np.float64)
@@ -302,7 +302,8 @@ def audit(
     results_doc = dict(
         classes=data.classes, ids=data.ids.tolist(), labels=y.tolist(), is_test=is_test.tolist(),
         head=head.state() if make_head is None else {"path": head_file(cache_dir, dataset.name, key)},
-        feature_mean=mean.tolist(), feature_std=std.tolist(),
+        # None marks a feature dropped as constant on the training set (scale inf)
+        feature_mean=mean.tolist(), feature_std=[float(v) if np.isfinite(v) else None for v in std],
         history=history, l2_scores={str(k): v for k, v in (l2_scores or {}).items()},
         num_label_issues=n_issues, label_issues_per_class=per_class,
         test_accuracy=float((test_pred == y[te]).mean()),

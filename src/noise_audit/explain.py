@@ -37,7 +37,8 @@ def _audit_features(dataset, config, results, ids, bb):
     # select() would drop the repeat, so look paths up by id instead.
     path_of = dict(zip(*dataset.select(list(dict.fromkeys(ids))).values(["id", "filepath"])))
     raw, _ = feats.extract_features([path_of[i] for i in ids], bb, cache_dir=config.cache_dir, progress=False)
-    mean, std = np.array(results.feature_mean), np.array(results.feature_std)
+    mean = np.array(results.feature_mean)
+    std = np.array([np.inf if v is None else v for v in results.feature_std])  # None: dropped (see audit)
     return (raw - mean) / std
 
 

@@ -261,3 +261,35 @@ def extract_features(filepaths, backbone, batch_size=64, cache_dir=None, progres
         done = np.concatenate(computed)
         cache.save([keys[i] for i in done], feats[done])
     return feats, len(todo)
+
+
+def standardization(train_features, constant_ratio=0.01):
+    """Per-feature ``(mean, scale)`` for standardising features, from the training set.
+
+    The head's L2 penalty treats all standardised features alike, so each is
+    divided by its spread on the training samples.
+
+    A feature that is (nearly) constant on the training samples is dropped
+    instead (scale ``inf``, so it standardises to 0 everywhere). Such features
+    are common for small images, where many channels stay at zero after the
+    last activation. Dividing by a spread close to 0 would blow a held-out
+    sample where the feature is non-zero up by orders of magnitude (3.7e6 on
+    CIFAR-10 at 32 px). That ruins the conditioning of the cross-validation
+    heads, which train on held-out samples too, and the influence of held-out
+    samples. Dropping them changes nothing for the audit's head: a feature
+    that is constant on its training set gets zero gradient, hence a zero
+    weight, anyway.
+
+    Args:
+        train_features: ``(n, d)`` features of the training samples.
+        constant_ratio: a feature whose spread is below this fraction of the
+            median spread counts as constant.
+
+    Returns:
+        ``(mean, scale)``, each of shape ``(d,)``, in float64; ``scale`` is
+        ``inf`` for dropped features.
+    """
+    x = np.asarray(train_features, dtype=np.float64)
+    mean, std = x.mean(0), x.std(0)
+    constant = std <= max(constant_ratio * float(np.median(std)), 1e-12)
+    return mean, np.where(constant, np.inf, std)
