@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
 
 import noise_audit as na
+from noise_audit.audit import STAGES
 from noise_audit.plugin_install import INSTALL_NAME, install_plugin, plugin_source_dir, uninstall_plugin
 
 from conftest import requires_shared
@@ -113,29 +113,30 @@ def test_delegated_audit_reports_progress_to_the_stored_operation(noisy_dataset)
     assert service.get(op_id).run_state == "queued"
     assert "delegated" not in na.list_audits(ds)  # nothing runs until an executor picks it up
 
-    seen, done = [], threading.Event()
+    # Record every update the operator makes, as it makes it: the service's own
+    # set_progress is what the execution context calls; wrap it and still store.
+    # (Sampling the stored status by time misses stages that finish quickly,
+    # e.g. features read from the cache.)
+    seen, stored = [], service.set_progress
 
-    def watch():
-        while not done.is_set():
-            status = service.get(op_id).status
-            if status is not None and (status.progress, status.label) not in seen:
-                seen.append((status.progress, status.label))
-            done.wait(0.2)
+    def record(doc_id, progress):
+        out = stored(doc_id, progress)
+        seen.append((progress.progress, progress.label, service.get(doc_id).status.progress))
+        return out
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        service.execute_queued_operations(operator=f"{PLUGIN}/run_noise_audit", dataset_name=ds.name)
-    finally:
-        done.set()
-        watcher.join()
+    service.set_progress = record
+    service.execute_queued_operations(operator=f"{PLUGIN}/run_noise_audit", dataset_name=ds.name)
     op = service.get(op_id)
     assert op.run_state == "completed", op.result
     assert op.result.result["key"] == "delegated" and op.result.result["n_samples"] == 150
     assert "delegated" in na.list_audits(ds)
-    stages = [label for _, label in seen]
-    assert any("features" in s for s in stages) and any("influence" in s or "scores" in s or "done" in s for s in stages), seen
-    assert [p for p, _ in seen] == sorted(p for p, _ in seen)  # progress only moves forward
+    labels = [label for _, label, _ in seen]
+    stages = [label.removeprefix("noise audit: ") for label in labels]
+    # every stage reported, in pipeline order, ending with done
+    assert [s for s in STAGES if s in stages] == list(STAGES), seen
+    assert stages[-1] == "done" and [p for p, _, _ in seen][-1] == 1.0
+    assert [p for p, _, _ in seen] == sorted(p for p, _, _ in seen)  # progress only moves forward
+    assert all(reported == stored for reported, _, stored in seen)  # each update reached the stored operation
     service.delete_operation(op_id)
 
 
