@@ -27,7 +27,7 @@ def test_head_reaches_a_minimum(small_problem):
     assert hist["train_loss"][-1] <= hist["train_loss"][0]
 
 
-@pytest.mark.parametrize("method", ["direct", "cg"])
+@pytest.mark.parametrize("method", ["direct", "cg", "linear"])
 def test_one_solve_average_equals_mean_of_full_matrix(small_problem, method):
     x, y, xt, yt, head, _ = small_problem
     model = infl.fit_influence_model(head, x, y, 0.1, method)
@@ -56,17 +56,20 @@ def test_approximate_solvers_agree_with_direct(small_problem):
 
 def test_auto_picks_direct_for_small_heads_and_ekfac_for_large(small_problem):
     *_, head, _ = small_problem
-    assert infl.resolve_method("auto", head) == "direct"
-    big = heads.LinearHead(1280, 10)
+    assert infl.resolve_method("auto", head) == "linear"  # the closed form, whatever the size
+    small = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    assert infl.resolve_method("auto", small) == "direct"
+    big = torch.nn.Sequential(torch.nn.Linear(1280, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
     assert infl.resolve_method("auto", big) == "ekfac"
     with pytest.raises(ValueError):
         infl.resolve_method("magic", head)
 
 
-def test_positive_average_influence_means_helpful(small_problem):
+@pytest.mark.parametrize("method", ["direct", "linear"])
+def test_positive_average_influence_means_helpful(small_problem, method):
     """Removing the most helpful sample raises the test loss more than removing the most harmful."""
     x, y, xt, yt, head, _ = small_problem
-    model = infl.fit_influence_model(head, x, y, 0.1, "direct")
+    model = infl.fit_influence_model(head, x, y, 0.1, method)
     avg = infl.average_influence(model, head, xt, yt, x, y)
 
     def test_loss_without(i):
