@@ -14,12 +14,20 @@ Parts (all by default, in one run):
   every stage), plus the backbone's throughput on uncached images.
 - ``scaling``: CIFAR-10 (``../shared/data/cifar10-jpeg.tar.gz``, unpacked once
   into ``.data/cifar10``), ``na.audit`` of n = 1k, 5k, 20k, 50k training
-  images plus 1,000 held-out test images, each in a fresh process: time of
-  every stage, peak resident memory, and the growth exponent b of
+  images plus the 10,000 held-out test images, each in a fresh process: time
+  of every stage, peak resident memory, and the growth exponent b of
   ``time ~ n^b`` (least squares on log-log). Features are EfficientNet-Lite0
   at the images' native 32 px, computed once beforehand (their throughput is
   reported separately), so the audits read them from the cache: 224 px for
   60,000 images would take hours on a CPU (see ``bench/gpu.py``).
+  Points past 50k (100k, 200k) replicate the training images: replica r of
+  an image is a hard link under ``.data/cifar10-replicas/r/`` (a new path,
+  so its features are computed and cached like any image's); the labels are
+  the originals'. Duplicates make nothing easier to compute: the arithmetic
+  per sample is the same.
+  Up to 50k, the same process also times what a user would do instead on
+  the same cached features: scikit-learn ``LogisticRegression`` +
+  ``cross_val_predict`` (5 folds) + ``cleanlab.filter.find_label_issues``.
 
     python bench/speed.py                          # all parts
     python bench/speed.py --parts influence stages
@@ -41,9 +49,11 @@ from _common import (RESULTS, ROOT, SEED_CLASSES, TINY, cifar_files, cifar_root,
                      write_json)
 
 ESTIMATORS = ("direct", "cg", "lissa", "arnoldi", "ekfac", "nystroem")
-SIZES = (1000, 5000, 20000, 50000)
+SIZES = (1000, 5000, 20000, 50000, 100000, 200000)
 CIFAR_DATASET = "bench-speed-cifar10"
-CIFAR_TEST = 1000
+CIFAR_TRAIN = 50000
+CIFAR_TEST = 10000
+BASELINE_MAX_N = 50000
 CIFAR_SIZE = 32
 
 
@@ -176,25 +186,65 @@ def part_stages(repeats):
                                   "extrapolated_all_s": n / ips, "note": "extrapolated from 128 images"}}
 
 
-def cifar_dataset(root):
-    """A FiftyOne dataset of all 50k CIFAR-10 train images (with a random ``rank``) + 1k test images."""
+def replicas(paths, r):
+    """Hard links of ``paths`` under ``.data/cifar10-replicas/<r>/`` (made once)."""
+    from _common import DATA
+
+    out = []
+    for p in paths:
+        q = DATA / "cifar10-replicas" / str(r) / os.path.relpath(p, cifar_root())
+        if not q.exists():
+            q.parent.mkdir(parents=True, exist_ok=True)
+            os.link(p, q)
+        out.append(str(q))
+    return out
+
+
+def cifar_dataset(root, n_max=CIFAR_TRAIN):
+    """A FiftyOne dataset of CIFAR-10 train images (random ``rank``; replicas past 50k) + the 10k test images."""
     import fiftyone as fo
 
+    n_replicas = -(-n_max // CIFAR_TRAIN)
     if fo.dataset_exists(CIFAR_DATASET):
         ds = fo.load_dataset(CIFAR_DATASET)
-        if len(ds) == 50000 + CIFAR_TEST:
+        if len(ds) == CIFAR_TRAIN * n_replicas + CIFAR_TEST:
             return ds
         ds.delete()
     tp, tl, classes = cifar_files(root, "train")
     vp, vl, _ = cifar_files(root, "test", n=CIFAR_TEST)
     rank = np.random.default_rng(0).permutation(len(tp))
-    samples = [fo.Sample(filepath=p, tags=["train"], rank=int(r), ground_truth=fo.Classification(label=classes[y]))
-               for p, y, r in zip(tp, tl, rank)]
+    samples = []
+    for r in range(n_replicas):
+        paths = tp if r == 0 else replicas(tp, r)
+        samples += [fo.Sample(filepath=p, tags=["train"], rank=int(k) + r * CIFAR_TRAIN,
+                              ground_truth=fo.Classification(label=classes[y])) for p, y, k in zip(paths, tl, rank)]
     samples += [fo.Sample(filepath=p, tags=["test"], rank=-1, ground_truth=fo.Classification(label=classes[y]))
                 for p, y in zip(vp, vl)]
     ds = fo.Dataset(CIFAR_DATASET, persistent=True)
     ds.add_samples(samples, progress=False)
     return ds
+
+
+def sklearn_baseline(view, image_size):
+    """What a user would do instead, on the audit's cached features: seconds and issues found."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from noise_audit import features
+    from noise_audit.data import read_labels
+
+    data = read_labels(view, "ground_truth")
+    raw, _ = features.extract_features(data.filepaths, features.get_backbone(image_size=image_size), progress=False)
+    is_test = np.array(["test" in t for t in data.tags])
+    mean, std = features.standardization(raw[~is_test])
+    x = (raw - mean) / std
+    t = time.perf_counter()
+    probs = cross_val_predict(LogisticRegression(max_iter=1000), x, data.labels, cv=5, method="predict_proba")
+    issues = find_label_issues(data.labels, probs)
+    return {"what": "LogisticRegression(max_iter=1000) + cross_val_predict(cv=5, predict_proba) + "
+                    "cleanlab.filter.find_label_issues, on the audit's standardised features",
+            "seconds": time.perf_counter() - t, "num_label_issues": int(issues.sum())}
 
 
 def scaling_child(n, out_path):
@@ -212,8 +262,11 @@ def scaling_child(n, out_path):
     wall = time.perf_counter() - t
     peak = rss_mb()
     na.delete_audit(ds, "scale")
+    feature_mb = len(view) * 1280 * 4 / 2**20  # the float32 feature array of the view
+    baseline = sklearn_baseline(view, CIFAR_SIZE) if n <= BASELINE_MAX_N else None
     json.dump({"n_train": int(r.config["n_train"]), "n_test": int(r.config["n_test"]), "timings": r.timings,
                "wall_s": wall, "rss_before_mb": base, "rss_peak_mb": peak, "load_avg_1m_after": os.getloadavg()[0],
+               "feature_array_mb": feature_mb, "num_label_issues": r.num_label_issues, "baseline": baseline,
                "torch_threads": __import__("torch").get_num_threads(),
                "influence_method": r.config["influence_method"], "n_parameters": r.config["n_parameters"]},
               open(out_path, "w"))
@@ -235,6 +288,8 @@ def part_scaling(sizes, on_point=None):
     vp, _, _ = cifar_files(root, "test", n=CIFAR_TEST)
     bb = features.get_backbone(image_size=CIFAR_SIZE)
     paths = list(tp) + list(vp)
+    for r in range(1, -(-max(sizes) // CIFAR_TRAIN)):
+        paths += replicas(tp, r)
     t = time.perf_counter()
     _, computed = features.extract_features(paths, bb, batch_size=256, progress=True)
     t_feat = time.perf_counter() - t
@@ -242,7 +297,7 @@ def part_scaling(sizes, on_point=None):
                  "note": "all computed now" if computed == len(paths) else "some or all read from the cache"}
     print(f"CIFAR-10 features at {CIFAR_SIZE} px: {computed} computed of {len(paths)} in {t_feat:.1f} s", flush=True)
     t = time.perf_counter()
-    cifar_dataset(root)
+    cifar_dataset(root, max(sizes))
     t_ds = time.perf_counter() - t
     points = []
     for n in sizes:
@@ -259,12 +314,20 @@ def part_scaling(sizes, on_point=None):
             on_point(scaling_summary(sizes, feat_info, t_ds, points))
     result = scaling_summary(sizes, feat_info, t_ds, points)
     exps, stages = result["growth_exponents"], list(points[0]["timings"])
+    def baseline_cells(p):
+        b = p.get("baseline")
+        if not b:
+            return ["", ""]
+        return [f"{b['seconds']:.1f}", f"{b['seconds'] / p['wall_s']:.1f}"]
+
     rows = [[str(p["n_train"])] + [f"{p['timings'][k]:.2f}" for k in stages]
-            + [f"{p['rss_peak_mb']:.0f}", f"{p['rss_peak_mb'] - p['rss_before_mb']:.0f}"] for p in points]
+            + [f"{p['wall_s']:.1f}", f"{p['rss_peak_mb']:.0f}", f"{p['rss_peak_mb'] - p['rss_before_mb']:.0f}",
+               f"{p.get('feature_array_mb', 0):.0f}"] + baseline_cells(p) for p in points]
     rows.append(["exponent b"] + [f"{exps[k]:.2f}" if exps[k] is not None else "" for k in stages]
-                + ["", f"{exps['peak_rss_above_start']:.2f}" if exps["peak_rss_above_start"] else ""])
+                + ["", "", f"{exps['peak_rss_above_start']:.2f}" if exps["peak_rss_above_start"] else "", "", "", ""])
     print(f"\nCIFAR-10 audits (+{CIFAR_TEST} test images), EfficientNet-Lite0 features at {CIFAR_SIZE} px from the cache\n")
-    print(table(rows, ["n train", *stages, "peak RSS MB", "RSS growth MB"]))
+    print(table(rows, ["n train", *stages, "audit wall s", "peak RSS MB", "RSS growth MB", "features MB",
+                       "sklearn+cleanlab s", "ratio (sklearn / audit)"]))
     return result
 
 
@@ -274,6 +337,9 @@ def scaling_summary(sizes, feat_info, t_ds, points):
     ns = [p["n_train"] for p in points]
     exps = {k: growth_exponent(ns, [p["timings"][k] for p in points]) for k in stages}
     exps["peak_rss_above_start"] = growth_exponent(ns, [p["rss_peak_mb"] - p["rss_before_mb"] for p in points])
+    exps["wall_s"] = growth_exponent(ns, [p["wall_s"] for p in points])
+    mid = [p for p in points if 5000 <= p["n_train"] <= 50000]
+    exps["wall_s_5k_to_50k"] = growth_exponent([p["n_train"] for p in mid], [p["wall_s"] for p in mid])
     return {"sizes": list(sizes), "n_test": CIFAR_TEST, "image_size": CIFAR_SIZE, "features": feat_info,
             "dataset_import_s": t_ds, "points": points, "growth_exponents": exps}
 

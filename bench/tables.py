@@ -163,15 +163,19 @@ def scaling_table(name="speed"):
     if results is None or "scaling" not in results:
         return []
     sc = results["scaling"]
-    stages = ("features", "cross_validation", "head", "influence", "scores", "total", "write")
-    out = header(["n train"] + list(stages) + ["peak RSS MB"])
+    stages = ("features", "head", "cross_validation", "influence", "scores", "write")
+    out = header(["n train"] + list(stages) + ["audit wall s", "peak RSS above start MB", "features MB",
+                                               "sklearn + cleanlab s", "sklearn / audit"])
     for point in sc["points"]:
-        t = point["timings"]
+        t, b = point["timings"], point.get("baseline")
         out.append(row([f"{point['n_train']:,}"] + [f"{t[s]:.2f}" if s in t else "" for s in stages]
-                       + [f"{point['rss_peak_mb']:,.0f}"]))
+                       + [f"{point['wall_s']:.1f}", f"{point['rss_peak_mb'] - point['rss_before_mb']:,.0f}",
+                          f"{point.get('feature_array_mb', 0):,.0f}",
+                          f"{b['seconds']:.1f}" if b else "", f"{b['seconds'] / point['wall_s']:.1f}" if b else ""]))
     exps = sc.get("growth_exponents", {})
     out.append(row(["growth exponent b (time ~ n^b)"]
-                   + [f"{exps[s]:.2f}" if exps.get(s) is not None else "" for s in stages] + [""]))
+                   + [f"{exps[s]:.2f}" if exps.get(s) is not None else "" for s in stages]
+                   + ["", f"{exps['peak_rss_above_start']:.2f}" if exps.get("peak_rss_above_start") else "", "", "", ""]))
     return out + [""]
 
 

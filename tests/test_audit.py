@@ -29,7 +29,7 @@ def test_audit_writes_every_field_and_a_run(make_small_dataset):
     assert isinstance(pred, fo.Classification) and len(pred.logits) == 3 and 0 < pred.confidence <= 1
     info = ds.get_run_info("noise_audit")
     assert info.config.label_field == "ground_truth_noisy"
-    assert info.config.influence_method == "direct" and info.config.n_test == 30
+    assert info.config.influence_method == "linear" and info.config.n_test == 30
     assert info.config.split == {"kind": "tags", "tags": ["val", "test"]}
     assert set(info.config.timings) >= {"features", "influence", "total"}
     # flipped samples rank high: the real pipeline, not a constant

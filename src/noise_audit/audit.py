@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
-import fiftyone as fo
 
 from . import features as feats
 from . import finetune
@@ -31,11 +30,12 @@ from . import influence as infl
 from . import scores
 from .data import read_labels
 from .errors import NoiseAuditError
+from .fields import classification_doc
 from .run import audit_fields, check_key, write_audit
 
 __version__ = "0.1.0"
 DEFAULT_L2 = 3.0
-STAGES = ("features", "cross_validation", "head", "influence", "scores", "write")
+STAGES = ("features", "head", "cross_validation", "influence", "scores", "write")
 
 
 @dataclass
@@ -99,17 +99,39 @@ def _resolve_test(samples, data, test, seed):
     return mask, desc
 
 
+def _folds(labels, order, folds, seed):
+    """The stratified K folds of the view's samples, as positions in ``order``.
+
+    Split in the view's order, so an audit's folds do not depend on how the
+    arrays are laid out in memory.
+    """
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    return [(np.sort(position[a]), np.sort(position[b])) for a, b in splits]
+
+
+def _unorder(values, order):
+    """Rows in ``order`` -> rows in the view's order."""
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
 class _Clock:
     def __init__(self, on_progress):
-        self.timings, self.on_progress, self._t = {}, on_progress, None
+        self.timings, self.on_progress, self._t, self._reported = {}, on_progress, None, -1.0
 
     def start(self, stage):
         self._stage, self._t = stage, time.perf_counter()
-        if self.on_progress:
-            self.on_progress(stage, STAGES.index(stage) / len(STAGES))
+        fraction = STAGES.index(stage) / len(STAGES)
+        if self.on_progress and fraction >= self._reported:  # progress only moves forward
+            self._reported = fraction
+            self.on_progress(stage, fraction)
 
     def stop(self):
-        self.timings[self._stage] = round(time.perf_counter() - self._t, 4)
+        elapsed = time.perf_counter() - self._t
+        self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + elapsed, 4)
 
 
 BLOCK_METHODS = ("cg", "lissa", "arnoldi", "nystroem")
@@ -234,49 +256,74 @@ def audit(
         mean, std = feats.standardization(raw[~is_test])
     else:  # the block's own batch norm expects the raw maps
         mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
-    x = ((raw - mean) / std).astype(np.float64)
-    y = data.labels
+    # Training samples first: the training and held-out parts are then views
+    # of one float64 array, not copies of it (each is ~0.5 GB at 50k x 1280).
+    order = np.concatenate([np.flatnonzero(~is_test), np.flatnonzero(is_test)])
+    n_tr = int((~is_test).sum())
+    x = np.subtract(raw[order], mean, dtype=np.float64)
+    x /= std
+    del raw
+    y = data.labels[order]
+    x_tr, y_tr, x_te, y_te = x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]
+    tr = np.arange(len(y)) < n_tr
+    clock.stop()
+
+    l2_scores = None
+    if regularization == "auto":
+        clock.start("cross_validation")
+        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head,
+                                                    splits=_folds(data.labels, order, folds, seed))
+        clock.stop()
+    else:
+        l2 = regularization
+
+    clock.start("head")
+    head, history = heads.fit_head(x_tr, y_tr, n_classes, l2, x_val=x_te, y_val=y_te, seed=seed, make_head=make_head)
+    test_pred = heads.predict_logits(head, x_te).argmax(1)
     clock.stop()
 
     clock.start("cross_validation")
-    l2_scores = None
-    if regularization == "auto":
-        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head)
-    else:
-        l2 = regularization
-        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress)
+    if regularization != "auto":
+        # Folds of the linear head start at the head's minimum (convex: same
+        # minima, a fraction of the steps); a fine-tuned block starts afresh.
+        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress,
+                                           init=head if make_head is None else None,
+                                           splits=_folds(data.labels, order, folds, seed))
     oos_probs = heads.softmax(oos_logits)
     quality = scores.label_quality(y, oos_probs)
     clock.stop()
 
-    clock.start("head")
-    tr, te = ~is_test, is_test
-    head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed, make_head=make_head)
-    test_pred = heads.predict_logits(head, x[te]).argmax(1)
-    clock.stop()
-
     clock.start("influence")
-    model = infl.fit_influence_model(head, x[tr], y[tr], l2, method)
+    model = infl.fit_influence_model(head, x_tr, y_tr, l2, method)
     method_used = model.method_name
-    avg = np.zeros(len(y))
-    avg[tr] = infl.average_influence(model, head, x[te], y[te], x[tr], y[tr])
-    avg[te] = infl.average_influence(model, head, x[tr], y[tr], x[te], y[te])  # roles swapped
+    avg = np.concatenate([
+        infl.average_influence(model, head, x_te, y_te, x_tr, y_tr),
+        infl.average_influence(model, head, x_tr, y_tr, x_te, y_te),  # roles swapped
+    ])
     self_infl = infl.self_influence(model, x, y)
     loss = scores.given_label_loss(heads.predict_logits(head, x), y)
+    del model, x, x_tr, x_te
     clock.stop()
 
     clock.start("scores")
     # Held-out losses are out-of-sample already: no leave-one-out correction.
-    loo = np.where(tr, scores.loo_loss(loss, self_infl, tr.sum()), loss)
+    loo = np.where(tr, scores.loo_loss(loss, self_infl, n_tr), loss)
     score = scores.corruption_score(quality, loo, avg)
     n_issues = scores.estimate_num_issues(y, oos_probs)
     suspect = scores.flag_top(score, n_issues)
     clock.stop()
 
+    # Back to the view's order (rows were training samples first).
     signals = {
-        "average_influence": avg, "self_influence": self_infl, "label_quality": quality,
-        "loss": loss, "loo_loss": loo, "corruption_score": score,
+        name: _unorder(values, order) for name, values in (
+            ("average_influence", avg), ("self_influence", self_infl), ("label_quality", quality),
+            ("loss", loss), ("loo_loss", loo), ("corruption_score", score))
     }
+    avg, self_infl, quality, score = (signals[k] for k in ("average_influence", "self_influence", "label_quality",
+                                                           "corruption_score"))
+    suspect, oos_probs, oos_logits = _unorder(suspect, order), _unorder(oos_probs, order), _unorder(oos_logits, order)
+    y = data.labels
+    tr, te = ~is_test, is_test
     config = dict(
         label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
         weights=weights if isinstance(weights, (str, type(None))) else str(weights),
@@ -288,10 +335,7 @@ def audit(
     )
 
     clock.start("write")
-    preds = [
-        fo.Classification(label=data.classes[int(p.argmax())], confidence=float(p.max()), logits=lg.tolist())
-        for p, lg in zip(oos_probs, oos_logits)
-    ]
+    preds = [classification_doc(data.classes[int(p.argmax())], p.max(), lg) for p, lg in zip(oos_probs, oos_logits)]
     values = {
         "influence": avg.tolist(), "self_influence": self_infl.tolist(),
         "label_quality": quality.tolist(), "corruption_score": score.tolist(),

@@ -7,7 +7,11 @@ field of the same name is never overwritten.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import fiftyone as fo
+from bson import ObjectId
+from pymongo import UpdateOne
 
 from .errors import NoiseAuditError
 
@@ -52,6 +56,36 @@ def declare_field(dataset, name, ftype, embedded_doc_type=None, **info):
 def write_values(dataset, name, ids, values):
     """Writes ``values`` to the samples with ``ids`` (other samples untouched)."""
     dataset.set_values(name, dict(zip(ids, values)), key_field="id")
+
+
+def write_columns(dataset, ids, columns):
+    """Writes several declared fields at once: one update per sample, not per field.
+
+    ``columns`` maps a field name to one value per id, already in the form
+    MongoDB stores (see :func:`classification_doc`). ``set_values`` validates
+    and writes one field per pass, 1.5 s per float field at 50k samples; all
+    of an audit's fields in one pass take about a second. The write goes
+    through the dataset's own bulk writer, which refreshes samples loaded in
+    memory. ``tests/test_fields.py`` checks the stored documents against
+    ``set_values``'s.
+    """
+    names = list(columns)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC
+    ops = [
+        UpdateOne({"_id": ObjectId(_id)}, {"$set": {**dict(zip(names, row)), "last_modified_at": now}})
+        for _id, row in zip(ids, zip(*(columns[n] for n in names)))
+    ]
+    if ops:
+        dataset._bulk_write(ops, ids=[ObjectId(i) for i in ids])
+
+
+_VECTOR = fo.VectorField()
+
+
+def classification_doc(label, confidence, logits):
+    """An ``fo.Classification`` as stored by FiftyOne, without building the object."""
+    return {"_id": ObjectId(), "_cls": "Classification", "tags": [], "label": label,
+            "confidence": float(confidence), "logits": _VECTOR.to_mongo(logits)}
 
 
 def delete_fields(dataset, names, **match):

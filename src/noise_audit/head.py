@@ -64,7 +64,7 @@ def objective(head, x, y, l2):
     return F.cross_entropy(head(x), y) + 0.5 * l2 * penalty
 
 
-def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, make_head=None):
+def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, make_head=None, init=None):
     """Trains a :class:`LinearHead` to the minimum of :func:`objective`.
 
     Args:
@@ -77,6 +77,11 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
         seed: initialisation seed.
         make_head: optional ``f(n_classes) -> module`` to train instead of a
             :class:`LinearHead` (e.g. the last block, see ``finetune``).
+        init: optional trained head of the same shape to start from (its
+            state dict is copied). The objective is convex for a
+            :class:`LinearHead`, so the minimum is the same; a start near it
+            saves most of the steps (cross-validation folds start from the
+            head fit on all training samples).
 
     Returns:
         ``(head, history)``; ``history`` holds ``train_loss`` and
@@ -91,6 +96,8 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
             head.fc.bias.zero_()
     else:
         head = make_head(n_classes)
+    if init is not None:
+        head.load_state_dict(init.state_dict())
     trainable = [p for p in head.parameters() if p.requires_grad]
     has_val = x_val is not None and len(x_val)
     if has_val:
@@ -112,13 +119,17 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
     chunk = 10
     for _ in range(0, max_iter, chunk):
         opt.param_groups[0]["max_iter"] = chunk
+        done_before = opt.state[trainable[0]].get("n_iter", 0)
         opt.step(closure)
         with torch.no_grad():
             history["train_loss"].append(float(F.cross_entropy(head(x), y)))
             if has_val:
                 history["val_loss"].append(float(F.cross_entropy(head(xv), yv)))
         grad = torch.cat([p.grad.flatten() for p in trainable])
-        if grad.abs().max() < 1e-8:
+        # Fewer steps than asked: L-BFGS stopped itself (gradient below
+        # tolerance_grad, or no change in float64); more calls only repeat that.
+        stalled = opt.state[trainable[0]]["n_iter"] - done_before < chunk
+        if grad.abs().max() < 1e-8 or stalled:
             break
     opt.zero_grad()
     loss = objective(head, x, y, l2)
@@ -141,17 +152,20 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False):
+def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False, init=None, splits=None):
     """Out-of-sample logits for every sample by stratified K-fold.
 
     Each sample's logits come from a head that never saw it, which is what
-    cleanlab's confident learning requires.
+    cleanlab's confident learning requires. ``init``: a head every fold starts
+    from (see :func:`fit_head`). ``splits``: the folds as ``(train, held-out)``
+    index pairs, instead of a seeded stratified split of ``(x, y)``.
     """
     y = np.asarray(y)
     logits = np.zeros((len(y), n_classes))
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    if splits is None:
+        splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
     for train_idx, test_idx in tqdm(list(splits), desc="cross-validation folds", disable=not progress, leave=False):
-        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed, make_head=make_head)
+        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed, make_head=make_head, init=init)
         logits[test_idx] = predict_logits(head, x[test_idx])
     return logits
 
@@ -161,14 +175,14 @@ def log_loss(logits, y):
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
 
 
-def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0, make_head=None):
+def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0, make_head=None, splits=None):
     """Picks ``l2`` from ``grid`` by out-of-fold log loss on the given labels.
 
     Returns ``(l2, out-of-fold logits at that l2, {l2: log loss})``.
     """
     scores, best = {}, None
     for l2 in grid:
-        logits = cross_val_probs(x, y, n_classes, l2, folds, seed, make_head)
+        logits = cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, splits=splits)
         scores[l2] = log_loss(logits, y)
         if best is None or scores[l2] < scores[best[0]]:
             best = (l2, logits)

@@ -12,7 +12,7 @@ import re
 import fiftyone as fo
 
 from .errors import NoiseAuditError
-from .fields import check_writable, declare_field, delete_fields, write_values
+from .fields import check_writable, declare_field, delete_fields, write_columns
 
 RUN_METHOD = "noise_audit"
 SIGNAL_FIELDS = {
@@ -52,7 +52,11 @@ def list_audits(dataset):
 
 
 def write_audit(samples, key, ids, values, config, results):
-    """Writes the fields and registers the run (replacing an audit of ``key``)."""
+    """Writes the fields and registers the run (replacing an audit of ``key``).
+
+    ``values`` maps each signal of :data:`SIGNAL_FIELDS` to one stored value
+    per id (floats, booleans, :func:`~noise_audit.fields.classification_doc`).
+    """
     dataset = samples._dataset
     if dataset.has_run(key):
         delete_audit(dataset, key)
@@ -60,7 +64,7 @@ def write_audit(samples, key, ids, values, config, results):
         ftype = SIGNAL_FIELDS[name]
         doc = fo.Classification if ftype is fo.EmbeddedDocumentField else None
         declare_field(dataset, field, ftype, doc, key=key, signal=name)
-        write_values(dataset, field, ids, values[name])
+    write_columns(dataset, ids, {field: values[name] for name, field in audit_fields(key).items()})
     run_config = samples.init_run(method=RUN_METHOD, **config)
     samples.register_run(key, run_config)
     samples.save_run_results(key, samples.init_run_results(key, **results))
