@@ -155,10 +155,13 @@ class RunNoiseAudit(foo.Operator):
                     view=types.RadioGroup())
         inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
         inputs.enum("method", ["auto"] + list(METHODS), default="auto", label="Influence solver",
-                    description="auto: direct for small heads, EK-FAC for large", view=types.DropdownView())
+                    description="auto: closed-form influence of the linear head (exact solve); "
+                    "the others are pyDVL's solvers", view=types.DropdownView())
         inputs.float("regularization", default=3.0, min=1e-6, label="L2 regularization of the head")
         inputs.int("folds", default=5, min=2, label="Cross-validation folds (cleanlab)")
         inputs.int("image_size", default=224, min=32, label="Image size (px)")
+        inputs.enum("device", ["auto", "cpu", "cuda"], default="auto", label="Device",
+                    description="auto: a CUDA GPU when the server has one, else the CPU", view=types.DropdownView())
         if len(target) == 0:
             _error(inputs, "The target view is empty")
         elif label_field:
@@ -183,6 +186,7 @@ class RunNoiseAudit(foo.Operator):
         na.audit(ctx.target_view(), label_field=p["label_field"], test=test, key=key,
                            backbone=p.get("backbone", "efficientnet_lite0"), weights=p.get("weights") or None,
                            image_size=int(p.get("image_size", 224)), method=p.get("method", "auto"),
+                           device=p.get("device", "auto"),
                            regularization=float(p.get("regularization", 3.0)), folds=int(p.get("folds", 5)),
                            overwrite=bool(p.get("overwrite")), progress=False, on_progress=on_progress)
         return nav.summary(ctx.dataset, key)

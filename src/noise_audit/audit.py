@@ -176,6 +176,7 @@ def audit(
     progress=True,
     on_progress=None,
     train_last_block=False,
+    device="auto",
 ):
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -217,6 +218,9 @@ def audit(
             (``auto`` -> nystroem: cheap self-influence from a low-rank
             sketch; cg is exact but slow for self-influence). Much slower on
             a CPU.
+        device: where the backbone, the head and the linear head's
+            influence run: ``"auto"`` (a CUDA GPU when present, else the
+            CPU), ``"cpu"`` or ``"cuda[:N]"``. pyDVL's solvers run on the CPU.
 
     Returns:
         an :class:`AuditResults`.
@@ -240,6 +244,7 @@ def audit(
             regularization = -1.0
         if not regularization > 0:
             raise NoiseAuditError("regularization must be a positive number or 'auto' (influence needs an invertible Hessian)")
+    device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
     n_classes = len(data.classes)
@@ -272,13 +277,14 @@ def audit(
     if regularization == "auto":
         clock.start("cross_validation")
         l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head,
-                                                    splits=_folds(data.labels, order, folds, seed))
+                                                    splits=_folds(data.labels, order, folds, seed), device=device)
         clock.stop()
     else:
         l2 = regularization
 
     clock.start("head")
-    head, history = heads.fit_head(x_tr, y_tr, n_classes, l2, x_val=x_te, y_val=y_te, seed=seed, make_head=make_head)
+    head, history = heads.fit_head(x_tr, y_tr, n_classes, l2, x_val=x_te, y_val=y_te, seed=seed, make_head=make_head,
+                                   device=device)
     test_pred = heads.predict_logits(head, x_te).argmax(1)
     clock.stop()
 
@@ -288,7 +294,7 @@ def audit(
         # minima, a fraction of the steps); a fine-tuned block starts afresh.
         oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress,
                                            init=head if make_head is None else None,
-                                           splits=_folds(data.labels, order, folds, seed))
+                                           splits=_folds(data.labels, order, folds, seed), device=device)
     oos_probs = heads.softmax(oos_logits)
     quality = scores.label_quality(y, oos_probs)
     clock.stop()
@@ -332,6 +338,7 @@ def audit(
         split=split, n_samples=len(y), n_train=int(tr.sum()), n_test=int(te.sum()),
         n_parameters=infl.n_parameters(head), fields=audit_fields(key), version=__version__,
         cache_dir=cache_dir if isinstance(cache_dir, str) else None, train_last_block=bool(train_last_block),
+        device=str(device),
     )
 
     clock.start("write")

@@ -156,7 +156,7 @@ def cmd_audit(args):
         raise NoiseAuditError("--truth-field is for the report: pass --report DIR too")
     r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
               weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
-              folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json)
+              folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json, device=args.device)
     out = {"dataset": ds.name, "key": r.key, "n_samples": len(r.ids), "num_label_issues": r.num_label_issues,
            "influence_method": r.config["influence_method"], "fields": r.config["fields"], "timings_s": r.timings}
     text = (f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
@@ -281,6 +281,8 @@ def build_parser():
     a.add_argument("--folds", type=int, default=5)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--device", default="auto",
+                   help="where the backbone, head and influence run: auto (a CUDA GPU if present), cpu, cuda[:N]")
     a.add_argument("--report", metavar="DIR", help="also write the report (report.html, summary.json, summary.md) to DIR")
     add_report_options(a)
 

@@ -50,8 +50,29 @@ class LinearHead(torch.nn.Module):
         return head
 
 
-def as_tensor(x, dtype=DTYPE):
-    return torch.as_tensor(np.asarray(x), dtype=dtype)
+def as_tensor(x, dtype=DTYPE, device=None):
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+def resolve_device(device="auto"):
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; checks any other name."""
+    from .errors import NoiseAuditError
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise NoiseAuditError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {device!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NoiseAuditError(f"device {str(device)!r} was asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise NoiseAuditError(f"device must be 'auto', 'cpu' or 'cuda[:N]', not {str(device)!r}")
+    return device
+
+
+def device_of(module):
+    return next(module.parameters()).device
 
 
 def objective(head, x, y, l2):
@@ -64,7 +85,7 @@ def objective(head, x, y, l2):
     return F.cross_entropy(head(x), y) + 0.5 * l2 * penalty
 
 
-def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, make_head=None, init=None):
+def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, make_head=None, init=None, device=None):
     """Trains a :class:`LinearHead` to the minimum of :func:`objective`.
 
     Args:
@@ -82,13 +103,15 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
             :class:`LinearHead`, so the minimum is the same; a start near it
             saves most of the steps (cross-validation folds start from the
             head fit on all training samples).
+        device: torch device to train on (``None``: the CPU).
 
     Returns:
         ``(head, history)``; ``history`` holds ``train_loss`` and
         ``val_loss`` per L-BFGS step and the final ``grad_norm``.
     """
     torch.manual_seed(seed)
-    x, y = as_tensor(x), torch.as_tensor(np.asarray(y), dtype=torch.long)
+    device = torch.device(device or "cpu")
+    x, y = as_tensor(x, device=device), torch.as_tensor(np.asarray(y), dtype=torch.long, device=device)
     if make_head is None:
         head = LinearHead(x.shape[1], n_classes)
         with torch.no_grad():  # start from zero: deterministic, and the problem is convex
@@ -98,10 +121,11 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
         head = make_head(n_classes)
     if init is not None:
         head.load_state_dict(init.state_dict())
+    head.to(device)
     trainable = [p for p in head.parameters() if p.requires_grad]
     has_val = x_val is not None and len(x_val)
     if has_val:
-        xv, yv = as_tensor(x_val), torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+        xv, yv = as_tensor(x_val, device=device), torch.as_tensor(np.asarray(y_val), dtype=torch.long, device=device)
     history = {"train_loss": [], "val_loss": []}
     opt = torch.optim.LBFGS(
         trainable, lr=1, max_iter=max_iter, history_size=20,
@@ -143,7 +167,7 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
 
 @torch.no_grad()
 def predict_logits(head, x):
-    return head(as_tensor(x)).numpy()
+    return head(as_tensor(x, device=device_of(head))).cpu().numpy()
 
 
 def softmax(logits):
@@ -152,7 +176,8 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False, init=None, splits=None):
+def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False, init=None, splits=None,
+                    device=None):
     """Out-of-sample logits for every sample by stratified K-fold.
 
     Each sample's logits come from a head that never saw it, which is what
@@ -165,7 +190,8 @@ def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progre
     if splits is None:
         splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
     for train_idx, test_idx in tqdm(list(splits), desc="cross-validation folds", disable=not progress, leave=False):
-        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed, make_head=make_head, init=init)
+        head, _ = fit_head(x[train_idx], y[train_idx], n_classes, l2, seed=seed, make_head=make_head, init=init,
+                           device=device)
         logits[test_idx] = predict_logits(head, x[test_idx])
     return logits
 
@@ -175,14 +201,14 @@ def log_loss(logits, y):
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
 
 
-def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0, make_head=None, splits=None):
+def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0, make_head=None, splits=None, device=None):
     """Picks ``l2`` from ``grid`` by out-of-fold log loss on the given labels.
 
     Returns ``(l2, out-of-fold logits at that l2, {l2: log loss})``.
     """
     scores, best = {}, None
     for l2 in grid:
-        logits = cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, splits=splits)
+        logits = cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, splits=splits, device=device)
         scores[l2] = log_loss(logits, y)
         if best is None or scores[l2] < scores[best[0]]:
             best = (l2, logits)

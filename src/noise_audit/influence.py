@@ -94,6 +94,7 @@ def fit_influence_model(head, x, y, l2, method="direct", rank=None, progress=Fal
         model = LinearHeadInfluence.from_head(head, l2).fit(np.asarray(x, dtype=np.float64), np.asarray(y))
         model.method_name = method
         return model
+    head.cpu()  # pyDVL's solvers run here on the CPU, with the data loaders' tensors
     loss = F.cross_entropy
     p = n_parameters(head)
     rank = rank or min(p - 1, 100)
