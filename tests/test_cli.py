@@ -39,7 +39,17 @@ def test_import_inject_audit_evaluate(tmp_path):
         assert inj["num_flipped"] == 20
         res = json.loads(cli("audit", "--dataset", name, "--label-field", "ground_truth_noisy",
                              "--image-size", "64", "--json").stdout)
-        assert res["n_samples"] == 200 and res["influence_method"] == "direct"
+        assert res["n_samples"] == 200 and res["influence_method"] == "linear"
+        # the same audit on a local Dask cluster of two workers writes the same scores
+        ds.reload()
+        local = ds.values("noise_audit_corruption_score")
+        dask = json.loads(cli("audit", "--dataset", name, "--label-field", "ground_truth_noisy", "--key", "on_dask",
+                              "--image-size", "64", "--dask", "local:2", "--json").stdout)
+        assert dask["n_samples"] == 200
+        ds.reload()
+        remote = ds.values("on_dask_corruption_score")
+        assert max(abs(a - b) for a, b in zip(remote, local)) < 1e-6 * max(local)
+        assert ds.get_run_info("on_dask").config.dask_workers == 2
         ev = json.loads(cli("evaluate", "--dataset", name, "--json").stdout)
         assert ev["corruption_score"]["auroc"] > 0.8
         assert {r["label"] for r in ev["corruption_score"]["per_label"]} == {"orange", "alp"}
@@ -57,3 +67,14 @@ def test_bad_input_exits_2_with_one_message():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Dataset")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag, message", [(["--dask", "local:0"], "positive number of workers"),
+                                           (["--device", "tpu"], "device must be")])
+def test_bad_dask_or_device_exits_2_before_writing(make_small_dataset, flag, message):
+    ds = make_small_dataset(n_train=5, n_val=2)
+    before = sorted(ds.get_field_schema())
+    proc = cli("audit", "--dataset", ds.name, *flag, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    ds.reload()
+    assert sorted(ds.get_field_schema()) == before and ds.list_runs() == []

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 
 from . import features as feats
 from . import finetune
 from . import head as heads
 from . import influence as infl
-from . import scores
+from . import distributed, pipeline, scores
+from .blocks import Blocks
 from .data import read_labels
 from .errors import NoiseAuditError
 from .fields import classification_doc
@@ -99,25 +100,6 @@ def _resolve_test(samples, data, test, seed):
     return mask, desc
 
 
-def _folds(labels, order, folds, seed):
-    """The stratified K folds of the view's samples, as positions in ``order``.
-
-    Split in the view's order, so an audit's folds do not depend on how the
-    arrays are laid out in memory.
-    """
-    position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order))
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
-    return [(np.sort(position[a]), np.sort(position[b])) for a, b in splits]
-
-
-def _unorder(values, order):
-    """Rows in ``order`` -> rows in the view's order."""
-    out = np.empty_like(values)
-    out[order] = values
-    return out
-
-
 class _Clock:
     def __init__(self, on_progress):
         self.timings, self.on_progress, self._t, self._reported = {}, on_progress, None, -1.0
@@ -177,6 +159,7 @@ def audit(
     on_progress=None,
     train_last_block=False,
     device="auto",
+    client=None,
 ):
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -221,6 +204,10 @@ def audit(
         device: where the backbone, the head and the linear head's
             influence run: ``"auto"`` (a CUDA GPU when present, else the
             CPU), ``"cpu"`` or ``"cuda[:N]"``. pyDVL's solvers run on the CPU.
+        client: a ``dask.distributed.Client``: features, head, folds and
+            influence are computed on its workers, by row blocks (see
+            :mod:`noise_audit.distributed`); for the linear head
+            (``method`` auto or linear).
 
     Returns:
         an :class:`AuditResults`.
@@ -244,6 +231,9 @@ def audit(
             regularization = -1.0
         if not regularization > 0:
             raise NoiseAuditError("regularization must be a positive number or 'auto' (influence needs an invertible Hessian)")
+    if client is not None and (train_last_block or method not in ("auto", "linear")):
+        raise NoiseAuditError("client= runs the linear head's closed form on the workers: "
+                              "use method 'auto' or 'linear' and no train_last_block")
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
@@ -253,83 +243,55 @@ def audit(
 
     clock.start("features")
     bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
-    raw, n_computed = feats.extract_features(
-        data.filepaths, bb, batch_size, cache_dir, progress,
-        on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
-    )
-    if make_head is None:
-        mean, std = feats.standardization(raw[~is_test])
-    else:  # the block's own batch norm expects the raw maps
-        mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
-    # Training samples first: the training and held-out parts are then views
-    # of one float64 array, not copies of it (each is ~0.5 GB at 50k x 1280).
-    order = np.concatenate([np.flatnonzero(~is_test), np.flatnonzero(is_test)])
-    n_tr = int((~is_test).sum())
-    x = np.subtract(raw[order], mean, dtype=np.float64)
-    x /= std
-    del raw
-    y = data.labels[order]
-    x_tr, y_tr, x_te, y_te = x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]
-    tr = np.arange(len(y)) < n_tr
-    clock.stop()
-
-    l2_scores = None
-    if regularization == "auto":
-        clock.start("cross_validation")
-        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head,
-                                                    splits=_folds(data.labels, order, folds, seed), device=device)
-        clock.stop()
+    y = data.labels
+    folds_of = pipeline.fold_ids(y, folds, seed)
+    if client is not None:
+        blocks, mean, std, n_computed = distributed.feature_blocks(
+            client, data.filepaths, bb, {"y": y, "train": ~is_test, "fold": folds_of}, batch_size, cache_dir)
+        n_features = len(mean)
     else:
-        l2 = regularization
-
-    clock.start("head")
-    head, history = heads.fit_head(x_tr, y_tr, n_classes, l2, x_val=x_te, y_val=y_te, seed=seed, make_head=make_head,
-                                   device=device)
-    test_pred = heads.predict_logits(head, x_te).argmax(1)
+        raw, n_computed = feats.extract_features(
+            data.filepaths, bb, batch_size, cache_dir, progress,
+            on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
+        )
+        if make_head is None:
+            mean, std = feats.standardization(raw, rows=~is_test)
+        else:  # the block's own batch norm expects the raw maps
+            mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
+        x = np.subtract(raw, mean, dtype=np.float64)  # the one float64 copy of the features
+        x /= std
+        del raw
+        n_features = x.shape[1]
     clock.stop()
 
-    clock.start("cross_validation")
-    if regularization != "auto":
-        # Folds of the linear head start at the head's minimum (convex: same
-        # minima, a fraction of the steps); a fine-tuned block starts afresh.
-        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress,
-                                           init=head if make_head is None else None,
-                                           splits=_folds(data.labels, order, folds, seed), device=device)
-    oos_probs = heads.softmax(oos_logits)
-    quality = scores.label_quality(y, oos_probs)
-    clock.stop()
-
-    clock.start("influence")
-    model = infl.fit_influence_model(head, x_tr, y_tr, l2, method)
-    method_used = model.method_name
-    avg = np.concatenate([
-        infl.average_influence(model, head, x_te, y_te, x_tr, y_tr),
-        infl.average_influence(model, head, x_tr, y_tr, x_te, y_te),  # roles swapped
-    ])
-    self_infl = infl.self_influence(model, x, y)
-    loss = scores.given_label_loss(heads.predict_logits(head, x), y)
-    del model, x, x_tr, x_te
-    clock.stop()
+    if make_head is None and method in ("auto", "linear"):  # the closed form; else pyDVL
+        if client is None:
+            blocks = Blocks.from_arrays({"x": x, "y": y, "train": ~is_test, "fold": folds_of}, device=device)
+        out = pipeline.linear_signals(blocks, n_features, n_classes, regularization, folds, clock, progress, device)
+    else:
+        out = pipeline.reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method,
+                                         clock, make_head, progress, device)
+    x = blocks = None  # the features are no longer needed: free them before writing
+    l2, head, history, test_pred = out.l2, out.head, out.history, out.test_pred
+    avg, self_infl, loss = out.average_influence, out.self_influence, out.loss
+    oos_logits = out.oos_logits
+    tr, te = ~is_test, is_test
 
     clock.start("scores")
+    oos_probs = heads.softmax(oos_logits)
+    quality = scores.label_quality(y, oos_probs)
     # Held-out losses are out-of-sample already: no leave-one-out correction.
-    loo = np.where(tr, scores.loo_loss(loss, self_infl, n_tr), loss)
+    loo = np.where(tr, scores.loo_loss(loss, self_infl, int(tr.sum())), loss)
     score = scores.corruption_score(quality, loo, avg)
     n_issues = scores.estimate_num_issues(y, oos_probs)
     suspect = scores.flag_top(score, n_issues)
     clock.stop()
 
-    # Back to the view's order (rows were training samples first).
     signals = {
-        name: _unorder(values, order) for name, values in (
-            ("average_influence", avg), ("self_influence", self_infl), ("label_quality", quality),
-            ("loss", loss), ("loo_loss", loo), ("corruption_score", score))
+        "average_influence": avg, "self_influence": self_infl, "label_quality": quality,
+        "loss": loss, "loo_loss": loo, "corruption_score": score,
     }
-    avg, self_infl, quality, score = (signals[k] for k in ("average_influence", "self_influence", "label_quality",
-                                                           "corruption_score"))
-    suspect, oos_probs, oos_logits = _unorder(suspect, order), _unorder(oos_probs, order), _unorder(oos_logits, order)
-    y = data.labels
-    tr, te = ~is_test, is_test
+    l2_scores, method_used = out.l2_scores, out.influence_method
     config = dict(
         label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
         weights=weights if isinstance(weights, (str, type(None))) else str(weights),
@@ -338,7 +300,7 @@ def audit(
         split=split, n_samples=len(y), n_train=int(tr.sum()), n_test=int(te.sum()),
         n_parameters=infl.n_parameters(head), fields=audit_fields(key), version=__version__,
         cache_dir=cache_dir if isinstance(cache_dir, str) else None, train_last_block=bool(train_last_block),
-        device=str(device),
+        device=str(device), dask_workers=len(client.scheduler_info()["workers"]) if client is not None else None,
     )
 
     clock.start("write")

@@ -141,6 +141,14 @@ def _report(view, key, args, out):
     return f"report: {rep['files']['html']} (and summary.json, summary.md beside it)"
 
 
+def _dask_client(spec):
+    if not spec:
+        return None
+    from .distributed import connect
+
+    return connect(spec)
+
+
 def cmd_audit(args):
     from .audit import audit
     from .report import check_out_dir, check_truth_field
@@ -154,9 +162,18 @@ def cmd_audit(args):
         check_truth_field(view, args.truth_field)
     elif args.truth_field:
         raise NoiseAuditError("--truth-field is for the report: pass --report DIR too")
-    r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
-              weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
-              folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json, device=args.device)
+    client = _dask_client(args.dask)
+    try:
+        r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
+                  weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
+                  folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
+                  device=args.device, client=client)
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.dask.startswith("local:") else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
     out = {"dataset": ds.name, "key": r.key, "n_samples": len(r.ids), "num_label_issues": r.num_label_issues,
            "influence_method": r.config["influence_method"], "fields": r.config["fields"], "timings_s": r.timings}
     text = (f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
@@ -283,6 +300,8 @@ def build_parser():
     a.add_argument("--overwrite", action="store_true")
     a.add_argument("--device", default="auto",
                    help="where the backbone, head and influence run: auto (a CUDA GPU if present), cpu, cuda[:N]")
+    a.add_argument("--dask", metavar="ADDRESS",
+                   help="run on a Dask cluster: a scheduler address (tcp://host:8786), or local:N for N local workers")
     a.add_argument("--report", metavar="DIR", help="also write the report (report.html, summary.json, summary.md) to DIR")
     add_report_options(a)
 

@@ -16,13 +16,36 @@ Backbones:
 - any ``torch.nn.Module`` mapping a batch of images to ``(n, d)`` (or
   ``(n, d, ...)``, which is mean-pooled), with ``transform`` mapping a PIL
   image to a tensor.
+
+Images stream from disk: worker processes of a torch ``DataLoader`` decode and
+transform batches (``num_workers``) while the network runs on the previous
+ones, on ``device`` (a GPU, if given).
+
+The cache (:class:`FeatureCache`) is a few on-disk arrays per backbone,
+memory-mapped: a lookup reads the file keys (40 bytes an image), then copies
+only the wanted rows, a chunk at a time.
+
+Memory: the features live in one place, the float32 array that
+:func:`extract_features` returns, ``n x d x 4`` bytes (1,000,000 images x
+1,280 = 4.8 GiB; 60,000 = 293 MiB). Beyond it, extraction holds a bounded
+amount: a few batches of images, and a chunk (32 MiB) of cached rows or rows
+being written, plus the file keys. The audit then builds one float64
+standardized copy (``n x d x 8`` bytes), the one place that needs all
+features in memory at once; :func:`standardization` itself works in chunks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import os
+import stat
+import struct
+import sys
 import uuid
+import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +60,8 @@ from .errors import NoiseAuditError
 BACKBONES = ("efficientnet_lite0", "resnet18")
 FEATURE_CODE_VERSION = "1"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHUNK_BYTES = 32 << 20  # features are copied (read, written, summed) this many bytes at a time
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,42 +185,286 @@ def default_cache_dir():
 
 
 class FeatureCache:
-    """Features on disk: append-only ``.npz`` chunks of (file key, vector)."""
+    """Features on disk, one directory per backbone, read in chunks.
+
+    The directory holds append-only *segments*. A segment is two files:
+
+    - ``<id>.npy``: the features, a float32 ``(m, d)`` array, memory-mapped
+      when read, so only the rows a caller asks for are read from disk;
+    - ``<id>.keys.npy``: the ``m`` file keys (:meth:`file_key`), same order.
+
+    A writer writes both under temporary names (starting with ``.``, which
+    readers skip) and publishes them with ``os.replace``, the keys file last:
+    the keys file is the commit, so a crash at any point leaves either a whole
+    segment or none that readers see. Every writer makes its own uniquely
+    named segment, so processes caching at the same time never touch each
+    other's files; a file computed by both is cached twice, and either copy
+    will do.
+
+    Caches written by earlier versions hold ``<id>.npz`` segments
+    (``keys`` and ``features`` arrays, as ``np.savez`` writes them). They are
+    still read, also memory-mapped, and never rewritten unless a compaction
+    merges them.
+    """
+
+    COMPACT_ABOVE = 16  # segments; more are merged (see compact)
 
     def __init__(self, root, backbone_id):
         self.dir = os.path.join(root, "features", backbone_id)
 
     @staticmethod
-    def file_key(path):
-        st = os.stat(path)
+    def file_key(path, st=None):
+        """What identifies a file's content: its absolute path, modification time and size.
+
+        ``st``: its ``os.stat`` result, if already known.
+        """
+        st = os.stat(path) if st is None else st
         return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}".encode()).hexdigest()
 
     def load(self, keys):
-        """Returns ``(found mask, features or None)`` for ``keys``."""
-        found = np.zeros(len(keys), dtype=bool)
-        if not os.path.isdir(self.dir):
+        """Returns ``(found mask, features or None)`` for ``keys``.
+
+        Reads the keys of every segment (40 bytes a row), finds the wanted
+        ones with a sorted search, then copies just their rows into the output
+        array, a chunk at a time. ``features`` has one row per key (zeros
+        where not found), or is ``None`` when nothing was found.
+        """
+        keys = np.asarray(keys, dtype=_KEY_DTYPE)
+        segments = self._open_segments()
+        seg_of, row_of = _locate(keys, [k for _, k, _ in segments])
+        found = seg_of >= 0
+        if not found.any():
             return found, None
-        wanted = {k: i for i, k in enumerate(keys)}
-        out = None
-        for fname in sorted(os.listdir(self.dir)):
-            if not fname.endswith(".npz"):
+        d = segments[seg_of[found][0]][2].shape[1]
+        out = np.zeros((len(keys), d), dtype=np.float32)
+        for s, (_, _, feats) in enumerate(segments):
+            wanted = np.flatnonzero(seg_of == s)
+            if feats.shape[1] != d:  # cannot hold this backbone's features: treat as absent
+                found[wanted] = False
                 continue
-            with np.load(os.path.join(self.dir, fname)) as chunk:
-                ckeys, cfeats = chunk["keys"], chunk["features"]
-            for j, k in enumerate(ckeys):
-                i = wanted.get(str(k))
-                if i is not None and not found[i]:
-                    if out is None:
-                        out = np.zeros((len(keys), cfeats.shape[1]), dtype=np.float32)
-                    out[i] = cfeats[j]
-                    found[i] = True
+            wanted = wanted[np.argsort(row_of[wanted], kind="stable")]  # read the file front to back
+            for dst in self._chunks(wanted, feats.shape[1]):
+                out[dst] = feats[row_of[dst]]
         return found, out
 
-    def save(self, keys, features):
+    def save(self, keys, features, rows=None):
+        """Publishes ``features[rows]`` (default: all) under ``keys`` as a new segment.
+
+        Rows are written a chunk at a time, so saving needs no copy of them.
+        Then, when there are more than :attr:`COMPACT_ABOVE` segments, merges
+        the small ones (see :meth:`compact`).
+        """
+        rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+        keys = np.asarray(keys, dtype=_KEY_DTYPE)
+        if len(keys) != len(rows):
+            raise ValueError(f"{len(keys)} keys for {len(rows)} rows")
+        if not len(rows):
+            return
+        d = features.shape[1]
+        self._write_segment(keys, (len(rows), d), (features[c] for c in self._chunks(rows, d)))
+        if len(self._segment_names()) > self.COMPACT_ABOVE:
+            self.compact()
+
+    def compact(self):
+        """Merges every segment but the largest into one, dropping repeated keys.
+
+        Keeping the largest segment out bounds the work: a big cache plus many
+        small later additions costs a rewrite of the additions only. The merged
+        segment is published before the old ones are removed, so a reader
+        always finds every row (one that opened an old segment first keeps
+        reading it: removing a file does not take it from under an open map).
+        Two processes compacting at once at worst leave the same rows twice.
+        """
+        try:
+            segments = self._open_segments()
+        except FileNotFoundError:
+            return  # segments keep vanishing: another process is compacting
+        segments.sort(key=lambda s: len(s[1]))
+        small = segments[:-1]
+        if len(small) < 2 or len({f.shape[1] for _, _, f in segments}) > 1:
+            return
+        keys = np.concatenate([k for _, k, _ in small])
+        keys, first = np.unique(keys, return_index=True)  # first occurrence of each key
+        offsets = np.cumsum([0] + [len(k) for _, k, _ in small])
+        seg_of = np.searchsorted(offsets, first, side="right") - 1
+        row_of = first - offsets[seg_of]
+        d = small[0][2].shape[1]
+
+        def chunks():
+            for dst in self._chunks(np.arange(len(keys)), d):
+                out = np.empty((len(dst), d), dtype=np.float32)
+                for s in np.unique(seg_of[dst]):
+                    mine = seg_of[dst] == s
+                    out[mine] = small[s][2][row_of[dst][mine]]
+                yield out
+
+        self._write_segment(keys, (len(keys), d), chunks())
+        merged = [name for name, _, _ in small]
+        del segments, small  # unmap them first: Windows cannot remove a mapped file
+        for name in merged:
+            for path in _segment_files(self.dir, name):  # keys (the commit) first
+                try:
+                    os.remove(path)
+                except OSError:  # gone already (a concurrent compaction), or in use on Windows
+                    pass
+
+    def _segment_names(self):
+        """Published segments: ``<id>.keys.npy`` (features beside it) and old ``<id>.npz``."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if not n.startswith(".") and n.endswith((_KEYS_SUFFIX, ".npz")))
+
+    def _open_segments(self, attempts=5):
+        """``[(name, keys, memory-mapped features)]`` of every published segment.
+
+        A compaction may remove a segment between listing and opening it; it
+        has published the merged copy by then, so listing again finds it.
+        """
+        for attempt in range(attempts):
+            try:
+                return [(name, *_open_segment(self.dir, name)) for name in self._segment_names()]
+            except FileNotFoundError:
+                if attempt == attempts - 1:
+                    raise
+        return []  # unreachable, for linters
+
+    def _write_segment(self, keys, shape, chunks):
+        """Writes a segment under temporary names, then publishes it (keys last)."""
         os.makedirs(self.dir, exist_ok=True)
-        tmp = os.path.join(self.dir, f".{uuid.uuid4().hex}.tmp.npz")
-        np.savez(tmp, keys=np.asarray(keys), features=np.asarray(features, dtype=np.float32))
-        os.replace(tmp, os.path.join(self.dir, f"{uuid.uuid4().hex}.npz"))
+        name = uuid.uuid4().hex
+        tmp_feats = os.path.join(self.dir, f".{name}.tmp.npy")
+        tmp_keys = os.path.join(self.dir, f".{name}.keys.tmp.npy")
+        try:
+            with open(tmp_feats, "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+                np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+                for chunk in chunks:
+                    f.write(np.ascontiguousarray(chunk, dtype=np.float32))
+                _sync(f)
+            with open(tmp_keys, "wb") as f:
+                np.save(f, keys)
+                _sync(f)
+            os.replace(tmp_feats, os.path.join(self.dir, name + ".npy"))
+            os.replace(tmp_keys, os.path.join(self.dir, name + _KEYS_SUFFIX))  # the commit
+        finally:
+            for tmp in (tmp_feats, tmp_keys):
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+
+    def _chunks(self, rows, d):
+        """``rows`` in pieces of about :data:`CHUNK_BYTES` of float32 features."""
+        return _chunks(rows, CHUNK_BYTES // (4 * d))
+
+
+_KEY_DTYPE = "S40"  # a file key: 40 hex digits of SHA-1, as ASCII bytes
+_KEYS_SUFFIX = ".keys.npy"
+
+
+def _chunks(rows, step):
+    """``rows`` in pieces of ``step`` (at least 1)."""
+    step = max(1, step)
+    return (rows[i : i + step] for i in range(0, len(rows), step))
+
+
+def _sync(f):
+    """Flushes ``f`` to disk: a segment must be whole before it is published."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _segment_files(directory, name):
+    """The files of segment ``name``: the commit (keys) file first."""
+    if name.endswith(".npz"):
+        return [os.path.join(directory, name)]
+    stem = name[: -len(_KEYS_SUFFIX)]
+    return [os.path.join(directory, name), os.path.join(directory, stem + ".npy")]
+
+
+def _open_segment(directory, name):
+    """``(keys, features)`` of one segment; features memory-mapped, not read."""
+    if name.endswith(".npz"):
+        path = os.path.join(directory, name)
+        with np.load(path) as z:
+            keys = z["keys"]
+        feats = _npz_member(path, "features")
+    else:
+        keys_path, feats_path = _segment_files(directory, name)
+        feats = np.load(feats_path, mmap_mode="r")
+        keys = np.load(keys_path)
+    if len(keys) != len(feats):
+        raise NoiseAuditError(f"Corrupt feature cache segment {name} in {directory}: delete it")
+    return keys.astype(_KEY_DTYPE), feats
+
+
+def _npz_member(path, name):
+    """Array ``name`` of an ``.npz``, memory-mapped when stored uncompressed.
+
+    ``np.load`` reads a ``.npz`` member whole (300 MB for 60,000 features).
+    But ``np.savez`` stores members uncompressed, so a member's ``.npy`` bytes
+    lie in the file as they are: skip the zip's local header and the ``.npy``
+    header and map the rest.
+    """
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:  # np.savez_compressed: only readable whole
+        with np.load(path) as z:
+            return z[name]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)  # a zip local file header, then its file name and extra field
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _locate(keys, segment_keys):
+    """Where each key is cached: ``(segment index or -1, row)`` per key.
+
+    Sorts the wanted keys once (unique, since a file may be asked for twice)
+    and finds each segment's keys among them with a binary search, all in
+    numpy: about 1 s for a million keys (mostly the sort). The first
+    segment holding a key wins.
+    """
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    seg = np.full(len(uniq), -1, dtype=np.int64)
+    row = np.zeros(len(uniq), dtype=np.int64)
+    for s, skeys in enumerate(segment_keys):
+        if not len(uniq) or not len(skeys):
+            continue
+        pos = np.searchsorted(uniq, skeys).clip(max=len(uniq) - 1)
+        hit = np.flatnonzero((uniq[pos] == skeys) & (seg[pos] < 0))
+        seg[pos[hit]] = s
+        row[pos[hit]] = hit
+    return seg[inverse], row[inverse]
+
+
+def _file_keys(filepaths):
+    """The cache keys of ``filepaths``; raises listing every file that is missing.
+
+    One ``stat`` a file serves both the check and the key (a million stats
+    take seconds on a network drive).
+    """
+    keys, missing = [], []
+    for path in filepaths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            missing.append(path)
+        elif not missing:
+            keys.append(FeatureCache.file_key(path, st))
+    if missing:
+        raise NoiseAuditError(
+            f"{len(missing)} image files cannot be read (missing): " + ", ".join(missing[:20])
+        )
+    return np.asarray(keys, dtype=_KEY_DTYPE)
 
 
 def check_readable(filepaths):
@@ -212,7 +481,77 @@ def check_readable(filepaths):
         raise NoiseAuditError(f"{len(bad)} image files cannot be read:\n  {listing}")
 
 
-def extract_features(filepaths, backbone, batch_size=64, cache_dir=None, progress=True, on_progress=None):
+class _ImageFiles(torch.utils.data.Dataset):
+    """The transformed images at ``paths``, decoded wherever the loader asks (a worker)."""
+
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB"))
+
+
+def _quiet_worker(worker_id):
+    """Silences a loader worker: stderr carries only the progress bars.
+
+    Decoders warn on stderr (libjpeg's "Corrupt JPEG data", PIL's warnings),
+    from C as well as Python, so the worker's file descriptor 2 itself goes to
+    /dev/null. Errors are not lost: the loader re-raises a worker's exception
+    in the main process.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the worker's lifetime
+    warnings.simplefilter("ignore")
+
+
+def default_num_workers():
+    """Decoding processes by default: one per CPU, at most 4 (the network needs CPU too)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def _image_batches(paths, transform, batch_size, num_workers, pin_memory):
+    """Batches of transformed images, in the order of ``paths``.
+
+    Worker processes each decode whole batches, so more workers than batches
+    would idle. Workers use the default multiprocessing context, which also
+    works from a thread (FiftyOne runs plugin operators in threads). If they
+    cannot start (e.g. a ``spawn`` platform and a transform that cannot be
+    pickled, such as a lambda), the images are decoded here instead.
+    """
+    num_workers = min(num_workers, -(-len(paths) // batch_size))
+    dataset = _ImageFiles(paths, transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=pin_memory, worker_init_fn=_quiet_worker if num_workers else None,
+    )
+    try:
+        batches = iter(loader)
+    except Exception as e:  # noqa: BLE001 - any failure to start workers
+        if not num_workers:
+            raise
+        _log.info("Image decoding workers did not start (%s: %s); decoding in this process", type(e).__name__, e)
+        batches = iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, pin_memory=pin_memory))
+    yield from batches
+
+
+def _resolve_device(module, device):
+    """``device`` as a ``torch.device``; ``None`` means where ``module`` is now (CPU if it has no weights)."""
+    if device is not None:
+        return torch.device(device)
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def extract_features(
+    filepaths, backbone, batch_size=64, cache_dir=None, progress=True, on_progress=None, *,
+    num_workers=None, device=None,
+):
     """Features of each image, shape ``(n, d)``, from cache where possible.
 
     Args:
@@ -223,47 +562,46 @@ def extract_features(filepaths, backbone, batch_size=64, cache_dir=None, progres
             disables the cache.
         progress: show a tqdm bar.
         on_progress: optional callable ``f(done_fraction)``.
+        num_workers: processes decoding images while the network runs
+            (default :func:`default_num_workers`); ``0`` decodes in this
+            process.
+        device: where the network runs, e.g. ``"cuda"``; the backbone's module
+            is moved there. Default: where the module is now.
 
     Returns:
         ``(features, n_computed)``: a float32 array and how many images were
         run through the network (0 when all came from the cache).
     """
     filepaths = [str(p) for p in filepaths]
-    missing = [p for p in filepaths if not os.path.isfile(p)]
-    if missing:
-        raise NoiseAuditError(
-            f"{len(missing)} image files cannot be read (missing): " + ", ".join(missing[:20])
-        )
+    keys = _file_keys(filepaths)
     cache = FeatureCache(cache_dir or default_cache_dir(), backbone.cache_id) if cache_dir is not False else None
-    keys = [FeatureCache.file_key(p) for p in filepaths]
     found, feats = cache.load(keys) if cache else (np.zeros(len(keys), bool), None)
     todo = np.flatnonzero(~found)
-    if len(todo):
-        check_readable([filepaths[i] for i in todo])
-    computed = []
-    bar = tqdm(total=len(todo), desc=f"features ({backbone.name})", disable=not progress or not len(todo), unit="img")
-    for start in range(0, len(todo), batch_size):
-        batch_idx = todo[start : start + batch_size]
-        images = []
-        for i in batch_idx:
-            with Image.open(filepaths[i]) as im:
-                images.append(backbone.transform(im.convert("RGB")))
-        out = backbone(torch.stack(images)).float().cpu().numpy()
+    if not len(todo):
+        return feats, 0
+    todo_paths = [filepaths[i] for i in todo]
+    check_readable(todo_paths)  # every bad file at once, before any work
+    device = _resolve_device(backbone.module, device)
+    backbone.module.to(device)
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    bar = tqdm(total=len(todo), desc=f"features ({backbone.name})", disable=not progress, unit="img")
+    done = 0
+    for images in _image_batches(todo_paths, backbone.transform, batch_size, num_workers, device.type == "cuda"):
+        out = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
         if feats is None:
             feats = np.zeros((len(keys), out.shape[1]), dtype=np.float32)
-        feats[batch_idx] = out
-        computed.append(batch_idx)
-        bar.update(len(batch_idx))
+        feats[todo[done : done + len(out)]] = out
+        done += len(out)
+        bar.update(len(out))
         if on_progress:
-            on_progress((start + len(batch_idx)) / len(todo))
+            on_progress(done / len(todo))
     bar.close()
-    if cache and computed:
-        done = np.concatenate(computed)
-        cache.save([keys[i] for i in done], feats[done])
+    if cache:
+        cache.save(keys[todo], feats, rows=todo)
     return feats, len(todo)
 
 
-def standardization(train_features, constant_ratio=0.01):
+def standardization(train_features, constant_ratio=0.01, rows=None):
     """Per-feature ``(mean, scale)`` for standardising features, from the training set.
 
     The head's L2 penalty treats all standardised features alike, so each is
@@ -280,16 +618,34 @@ def standardization(train_features, constant_ratio=0.01):
     that is constant on its training set gets zero gradient, hence a zero
     weight, anyway.
 
+    The sums run in float64 over chunks of rows, so a float32 feature array
+    is never copied whole (a float64 copy of a million training rows would
+    take 10 GB).
+
     Args:
-        train_features: ``(n, d)`` features of the training samples.
+        train_features: ``(n, d)`` features of the training samples, or of
+            all samples when ``rows`` picks the training ones.
         constant_ratio: a feature whose spread is below this fraction of the
             median spread counts as constant.
+        rows: optional boolean mask or indices of the training rows; saves
+            the caller a copy of them.
 
     Returns:
         ``(mean, scale)``, each of shape ``(d,)``, in float64; ``scale`` is
         ``inf`` for dropped features.
     """
-    x = np.asarray(train_features, dtype=np.float64)
-    mean, std = x.mean(0), x.std(0)
+    x = np.asarray(train_features)
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+    rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+    chunks = list(_chunks(rows, CHUNK_BYTES // (8 * max(1, x.shape[1]))))  # in float64
+    mean = sum(x[c].sum(0, dtype=np.float64) for c in chunks) / len(rows)
+    # Two passes (deviations from the mean), not E[x^2] - E[x]^2, which cancels badly.
+    var = sum(np.square(x[c] - mean).sum(0) for c in chunks) / len(rows)
+    return mean, scale_from_spread(np.sqrt(var), constant_ratio)
+
+
+def scale_from_spread(std, constant_ratio=0.01):
+    """The standardisation scale: ``std``, or ``inf`` for (nearly) constant features
+    (see :func:`standardization`; Dask workers sum the spreads, this applies the rule)."""
     constant = std <= max(constant_ratio * float(np.median(std)), 1e-12)
-    return mean, np.where(constant, np.inf, std)
+    return np.where(constant, np.inf, std)

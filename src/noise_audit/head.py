@@ -126,43 +126,119 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
     has_val = x_val is not None and len(x_val)
     if has_val:
         xv, yv = as_tensor(x_val, device=device), torch.as_tensor(np.asarray(y_val), dtype=torch.long, device=device)
+
+    def loss_and_grad():
+        loss = objective(head, x, y, l2)
+        loss.backward()
+        return loss
+
+    @torch.no_grad()
+    def curves():
+        return float(F.cross_entropy(head(x), y)), float(F.cross_entropy(head(xv), yv)) if has_val else None
+
+    return head, _run_lbfgs(trainable, loss_and_grad, curves, max_iter)
+
+
+def _run_lbfgs(params, loss_and_grad, curves, max_iter):
+    """Minimises with L-BFGS (strong Wolfe) until the gradient vanishes or it stalls.
+
+    ``loss_and_grad()`` returns the objective and sets each parameter's
+    ``.grad``; ``curves()`` returns ``(train loss, validation loss or None)``,
+    recorded every 10 steps. Returns the history (see :func:`fit_head`).
+    """
     history = {"train_loss": [], "val_loss": []}
     opt = torch.optim.LBFGS(
-        trainable, lr=1, max_iter=max_iter, history_size=20,
+        params, lr=1, max_iter=max_iter, history_size=20,
         tolerance_grad=1e-9, tolerance_change=1e-14, line_search_fn="strong_wolfe",
     )
 
     def closure():
         opt.zero_grad()
-        loss = objective(head, x, y, l2)
-        loss.backward()
-        return loss
+        return loss_and_grad()
 
     # One L-BFGS call runs up to max_iter steps; calling step repeatedly in
     # chunks lets us record the loss curves along the way.
     chunk = 10
     for _ in range(0, max_iter, chunk):
         opt.param_groups[0]["max_iter"] = chunk
-        done_before = opt.state[trainable[0]].get("n_iter", 0)
+        done_before = opt.state[params[0]].get("n_iter", 0)
         opt.step(closure)
-        with torch.no_grad():
-            history["train_loss"].append(float(F.cross_entropy(head(x), y)))
-            if has_val:
-                history["val_loss"].append(float(F.cross_entropy(head(xv), yv)))
-        grad = torch.cat([p.grad.flatten() for p in trainable])
+        train_loss, val_loss = curves()
+        history["train_loss"].append(train_loss)
+        if val_loss is not None:
+            history["val_loss"].append(val_loss)
+        grad = torch.cat([p.grad.flatten() for p in params])
         # Fewer steps than asked: L-BFGS stopped itself (gradient below
         # tolerance_grad, or no change in float64); more calls only repeat that.
-        stalled = opt.state[trainable[0]]["n_iter"] - done_before < chunk
+        stalled = opt.state[params[0]]["n_iter"] - done_before < chunk
         if grad.abs().max() < 1e-8 or stalled:
             break
     opt.zero_grad()
-    loss = objective(head, x, y, l2)
-    loss.backward()
-    history["grad_norm"] = float(torch.cat([p.grad.flatten() for p in trainable]).norm())
-    opt.zero_grad()
-    for p in trainable:
+    loss_and_grad()
+    history["grad_norm"] = float(torch.cat([p.grad.flatten() for p in params]).norm())
+    for p in params:
         p.grad = None
-    return head, history
+    return history
+
+
+def fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows=None, init=None, max_iter=500,
+                    device=None):
+    """:func:`fit_head` for the :class:`LinearHead`, on :class:`~noise_audit.blocks.Blocks`.
+
+    The same objective and optimiser, but the loss and its gradient are sums
+    over blocks in closed form (``sum_i r_i [x_i, 1]^T``), so the rows can stay
+    where they are: views in this process, or on Dask workers. ``rows`` and
+    ``val_rows`` select the training and validation rows
+    (see :func:`noise_audit.blocks.select`).
+    """
+    from .linear_influence import loss_and_gradient
+
+    device = torch.device(device or "cpu")
+    head = LinearHead(n_features, n_classes)
+    with torch.no_grad():
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+    if init is not None:
+        head.load_state_dict(init.state_dict())
+    head.to(device)
+    w, b = head.fc.weight, head.fc.bias
+
+    def totals(which):
+        args = (w.detach(), b.detach()) if blocks.client is None else (w.detach().cpu(), b.detach().cpu())
+        loss, grad, n = blocks.map_sum(loss_and_gradient, *args, which)
+        return loss.item() / n.item(), grad.to(device) / n.item()
+
+    def loss_and_grad():
+        loss, grad = totals(rows)
+        with torch.no_grad():
+            w.grad = grad[:, :-1] + l2 * w
+            b.grad = grad[:, -1] + l2 * b
+            return torch.tensor(loss + 0.5 * l2 * float((w**2).sum() + (b**2).sum()), dtype=DTYPE)
+
+    def curves():
+        return totals(rows)[0], totals(val_rows)[0] if val_rows is not None else None
+
+    return head, _run_lbfgs([w, b], loss_and_grad, curves, max_iter)
+
+
+def cross_val_logits(blocks, n_features, n_classes, l2, folds, init=None, progress=False, device=None):
+    """:func:`cross_val_probs` on :class:`~noise_audit.blocks.Blocks` whose ``fold`` column
+    holds each row's fold: out-of-fold logits, in block order."""
+    from .linear_influence import class_logits
+
+    logits = np.zeros((blocks.n, n_classes))
+    fold_of = blocks.map_concat(_fold_column)
+    for k in tqdm(range(folds), desc="cross-validation folds", disable=not progress, leave=False):
+        head, _ = fit_linear_head(blocks, n_features, n_classes, l2, rows=("not_fold", k), init=init, device=device)
+        w, b = head.fc.weight.detach(), head.fc.bias.detach()
+        if blocks.client is not None:
+            w, b = w.cpu(), b.cpu()
+        logits[fold_of == k] = blocks.map_concat(class_logits, w, b, ("fold", k))
+    return logits
+
+
+def _fold_column(block):
+    return block["fold"]
 
 
 @torch.no_grad()

@@ -32,6 +32,9 @@ Vectors in parameter space are ``(k, C, d + 1)`` tensors here (bias last);
 :func:`to_flat` gives pyDVL's flattening (``weight.flatten()`` then ``bias``).
 pyDVL's ``DirectInfluence`` is the reference this module is tested against
 (``tests/test_linear_influence.py``, float64).
+
+Every pass over the samples is a block function (below the class) run through
+:class:`~noise_audit.blocks.Blocks`: a loop here, or tasks on Dask workers.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .blocks import Blocks, as_tensor, kept, rows_of, weighted
+
 DTYPE = torch.float64
 SOLVERS = ("exact", "ekfac")
 # H has (C (d + 1))^2 entries: 6,000 parameters = 288 MB in float64, and its
@@ -48,11 +53,6 @@ SOLVERS = ("exact", "ekfac")
 FORM_HESSIAN_MAX_PARAMS = 6000
 CG_RTOL = 1e-10
 CG_MAXITER = 500
-CHUNK = 16384  # rows per block of sample-wise work: bounds temporaries at large n
-
-
-def _t(a, device):
-    return torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a, device=device)
 
 
 def to_flat(v):
@@ -72,6 +72,14 @@ class _Ekfac:
     q_a: torch.Tensor  # (d+1, d+1) eigenvectors of E[x~ x~^T]
     q_g: torch.Tensor  # (C, C) eigenvectors of E[S_i]
     diag: torch.Tensor  # (C, d+1) Hessian diagonal in the Kronecker eigenbasis
+
+
+def local_blocks(x, y, device=None, train=None):
+    """Arrays as in-process :class:`Blocks` (all rows training rows unless ``train`` says)."""
+    n = len(y)
+    train = np.ones(n, dtype=bool) if train is None else np.asarray(train, dtype=bool)
+    return Blocks.from_arrays({"x": np.asarray(x, dtype=np.float64) if not torch.is_tensor(x) else x,
+                               "y": np.asarray(y), "train": train}, device=device)
 
 
 class LinearHeadInfluence:
@@ -112,75 +120,41 @@ class LinearHeadInfluence:
     def n_parameters(self):
         return self.n_classes * (self.n_features + 1)
 
-    # -- per-sample pieces -------------------------------------------------
-    def _chunks(self, x, *arrays):
-        for s in range(0, len(x), CHUNK):
-            yield (_t(x[s : s + CHUNK], self.device).to(DTYPE),) + tuple(
-                _t(a[s : s + CHUNK], self.device) for a in arrays
-            )
+    def _params(self, blocks):
+        """The weights as block-function arguments (on the CPU for Dask workers)."""
+        if blocks.client is None:
+            return self.w, self.b
+        return self.w.cpu(), self.b.cpu()
 
-    def probs(self, x):
-        return torch.softmax(x @ self.w.T + self.b, dim=1)
+    def _here(self, t):
+        return as_tensor(t).to(self.device)
 
-    def residuals(self, x, y):
-        """``r = softmax(W x + b) - onehot(y)``: the loss gradient w.r.t. the logits."""
-        r = self.probs(x)
-        r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
-        return r
-
-    @staticmethod
-    def _apply(x, v):
-        """``[x, 1] @ v^T`` for ``v`` of shape ``(C, d + 1)`` -> ``(n, C)``."""
-        return x @ v[:, :-1].T + v[:, -1]
-
-    @staticmethod
-    def _outer_sum(s, x):
-        """``sum_i s_i [x_i, 1]^T`` -> ``(C, d + 1)``."""
-        return torch.cat([s.T @ x, s.sum(0)[:, None]], dim=1)
+    def _arg(self, blocks, t):
+        return blocks.broadcast(t.cpu()) if blocks.client is not None else t
 
     # -- fitting -------------------------------------------------------------
     def fit(self, x, y):
         """Computes the Hessian's pieces on the training data ``(x, y)``."""
-        d1, c = self.n_features + 1, self.n_classes
-        # kept for Hessian-vector products; no copy for a float64 array on the CPU
-        self._x, self._n = _t(x, self.device).to(DTYPE), len(x)
-        a = torch.zeros(d1, d1, dtype=DTYPE, device=self.device)
-        g = torch.zeros(c, c, dtype=DTYPE, device=self.device)
-        for (xb,) in self._chunks(x):
-            p = self.probs(xb)
-            a[:-1, :-1] += xb.T @ xb
-            a[:-1, -1] += xb.sum(0)
-            g += torch.diag(p.sum(0)) - p.T @ p
-        a[-1, :-1] = a[:-1, -1]
-        a[-1, -1] = self._n
-        _, q_a = torch.linalg.eigh(a / self._n)
-        _, q_g = torch.linalg.eigh(g / self._n)
-        diag = torch.zeros(c, d1, dtype=DTYPE, device=self.device)
-        for (xb,) in self._chunks(x):
-            p = self.probs(xb)
-            # q_k^T S_i q_k = sum_c p_ic q_kc^2 - (p_i . q_k)^2, exactly E_y[(q_k^T r_iy)^2]
-            s_kfe = p @ q_g**2 - (p @ q_g) ** 2
-            diag += s_kfe.T @ self._apply(xb, q_a.T) ** 2
-        self._ekfac = _Ekfac(q_a, q_g, diag / self._n)
+        return self.fit_blocks(local_blocks(x, y, self.device))
+
+    def fit_blocks(self, blocks):
+        """:meth:`fit` on the training rows of :class:`Blocks`."""
+        self.blocks = blocks
+        w, b = self._params(blocks)
+        a, g, n = blocks.map_sum(kfac_factors, w, b)
+        self._n = int(n)
+        _, q_a = torch.linalg.eigh(self._here(a) / self._n)
+        _, q_g = torch.linalg.eigh(self._here(g) / self._n)
+        diag = blocks.map_sum(kfe_diagonal, w, b, self._arg(blocks, q_a), self._arg(blocks, q_g))
+        self._ekfac = _Ekfac(q_a, q_g, self._here(diag) / self._n)
         if self.solver == "exact" and self.n_parameters <= FORM_HESSIAN_MAX_PARAMS:
             self._factor()
         return self
 
     def hessian(self):
         """The regularised Hessian, ``(p, p)`` in ``(C, d + 1)`` order (``c * (d + 1) + j``)."""
-        d1, c = self.n_features + 1, self.n_classes
-        h = torch.zeros(c, d1, c, d1, dtype=DTYPE, device=self.device)
-        for (xb,) in self._chunks(self._x):
-            p = self.probs(xb)
-            xt = torch.cat([xb, torch.ones(len(xb), 1, dtype=DTYPE, device=self.device)], dim=1)
-            for i in range(c):
-                for j in range(i, c):
-                    w = p[:, i] * (float(i == j) - p[:, j])
-                    block = (xt * w[:, None]).T @ xt
-                    h[i, :, j] += block
-                    if i != j:
-                        h[j, :, i] += block.T
-        h = h.reshape(c * d1, c * d1) / self._n
+        h = self._here(self.blocks.map_sum(hessian_sum, *self._params(self.blocks)))
+        h = h.reshape(self.n_parameters, self.n_parameters) / self._n
         h.diagonal().add_(self.l2)
         return h
 
@@ -190,14 +164,8 @@ class LinearHeadInfluence:
     # -- H v and H^{-1} v ----------------------------------------------------
     def hvp(self, v):
         """``H v`` for ``v`` of shape ``(k, C, d + 1)``."""
-        out = torch.zeros_like(v)
-        for (xb,) in self._chunks(self._x):
-            p = self.probs(xb)
-            for j in range(v.shape[0]):
-                u = self._apply(xb, v[j])
-                s = p * u - p * (p * u).sum(1, keepdim=True)
-                out[j] += self._outer_sum(s, xb)
-        return out / self._n + self.l2 * v
+        hv = self.blocks.map_sum(hvp_sum, *self._params(self.blocks), self._arg(self.blocks, v))
+        return self._here(hv) / self._n + self.l2 * v
 
     def ekfac_solve(self, v):
         """EK-FAC's ``H^{-1} v``, closed form."""
@@ -215,89 +183,197 @@ class LinearHeadInfluence:
         return self._pcg(v)
 
     def _pcg(self, v):
-        """Conjugate gradients, preconditioned by EK-FAC, one system per row."""
-        out = torch.empty_like(v)
-        for j in range(v.shape[0]):
-            b = v[j : j + 1]
-            x = self.ekfac_solve(b)
-            r = b - self.hvp(x)
+        """Conjugate gradients, preconditioned by EK-FAC, all rows of ``v`` at once
+        (block-diagonal: each row is its own system, with its own step sizes)."""
+        def dot(a, b):
+            return (a * b).sum((1, 2), keepdim=True)
+
+        x = self.ekfac_solve(v)
+        r = v - self.hvp(x)
+        z = self.ekfac_solve(r)
+        p, rz = z.clone(), dot(r, z)
+        bnorm = v.flatten(1).norm(dim=1)
+        it = 0
+        while (r.flatten(1).norm(dim=1) > CG_RTOL * bnorm).any() and it < CG_MAXITER:
+            hp = self.hvp(p)
+            alpha = rz / dot(p, hp)
+            x = x + alpha * p
+            r = r - alpha * hp
             z = self.ekfac_solve(r)
-            p, rz = z.clone(), (r * z).sum()
-            bnorm = b.norm()
-            it = 0
-            while r.norm() > CG_RTOL * bnorm and it < CG_MAXITER:
-                hp = self.hvp(p)
-                alpha = rz / (p * hp).sum()
-                x += alpha * p
-                r -= alpha * hp
-                z = self.ekfac_solve(r)
-                rz, rz_old = (r * z).sum(), rz
-                p = z + (rz / rz_old) * p
-                it += 1
-            self.cg_iterations.append(it)
-            out[j] = x[0]
-        return out
+            rz, rz_old = dot(r, z), rz
+            p = z + (rz / rz_old) * p
+            it += 1
+        self.cg_iterations.append(it)
+        return x
 
     # -- influence -----------------------------------------------------------
-    def mean_gradient(self, x, y):
-        """Mean loss gradient over ``(x, y)``, shape ``(1, C, d + 1)``."""
-        total = torch.zeros(self.n_classes, self.n_features + 1, dtype=DTYPE, device=self.device)
-        for xb, yb in self._chunks(x, y):
-            total += self._outer_sum(self.residuals(xb, yb), xb)
-        return (total / len(x))[None]
+    def mean_gradient_blocks(self, blocks, rows):
+        """Mean loss gradient over ``rows`` of ``blocks``, shape ``(1, C, d + 1)``."""
+        _, grad, n = blocks.map_sum(loss_and_gradient, *self._params(blocks), rows)
+        return (self._here(grad) / max(int(n), 1))[None]
 
-    def influences_of(self, factors, x, y):
-        """``<factor_t, g_i>`` for each factor row ``t`` and sample ``i``: ``(k, n)``."""
-        out = []
-        for xb, yb in self._chunks(x, y):
-            r = self.residuals(xb, yb)
-            out.append(torch.stack([(self._apply(xb, f) * r).sum(1) for f in factors]))
-        return torch.cat(out, dim=1)
+    def average_influence_blocks(self, of_rows, on_rows, blocks=None):
+        """Mean influence of each sample in ``of_rows`` on the samples in ``on_rows``.
+
+        One solve on the mean gradient of ``on_rows`` (influence is linear in
+        it); the sign is pyDVL's ``InfluenceMode.Up``: positive = the sample
+        helps. Returns one value per row of ``of_rows``, in block order.
+        """
+        blocks = blocks or self.blocks
+        factor = self.solve(self.mean_gradient_blocks(blocks, on_rows))
+        return blocks.map_concat(gradient_dots, *self._params(blocks), self._arg(blocks, factor), of_rows)[:, 0]
 
     def average_influence(self, x_test, y_test, x, y):
-        """Mean influence of each ``(x, y)`` sample on ``(x_test, y_test)``: ``(n,)``.
-
-        One solve on the mean test gradient (influence is linear in it); the
-        sign is pyDVL's ``InfluenceMode.Up``: positive = the sample helps.
-        """
-        factor = self.solve(self.mean_gradient(x_test, y_test))
-        return self.influences_of(factor, x, y)[0].cpu().numpy()
+        """Mean influence of each ``(x, y)`` sample on ``(x_test, y_test)``: ``(n,)``."""
+        factor = self.solve(self.mean_gradient_blocks(local_blocks(x_test, y_test, self.device), "all"))
+        blocks = local_blocks(x, y, self.device)
+        return blocks.map_concat(gradient_dots, self.w, self.b, factor, "all")[:, 0]
 
     def influences(self, x_test, y_test, x, y):
         """The full ``(m, n)`` influence matrix (explanations, references)."""
-        grads = []
-        for xb, yb in self._chunks(x_test, y_test):
-            r = self.residuals(xb, yb)
-            grads.append(r[:, :, None] * torch.cat([xb, torch.ones(len(xb), 1, dtype=DTYPE, device=self.device)], 1)[:, None, :])
-        factors = self.solve(torch.cat(grads))
-        return self.influences_of(factors, x, y).cpu().numpy()
+        test = local_blocks(x_test, y_test, self.device)
+        grads = torch.cat([as_tensor(g).to(self.device) for g in test.map(sample_gradients, self.w, self.b)])
+        factors = self.solve(grads)
+        return local_blocks(x, y, self.device).map_concat(gradient_dots, self.w, self.b, factors, "all").T
+
+    def self_influence_blocks(self, rows="all", blocks=None):
+        """``<H^{-1} g_i, g_i>`` for each sample in ``rows``, in block order."""
+        blocks = blocks or self.blocks
+        w, b = self._params(blocks)
+        if self.solver == "exact" and (self._chol is not None or self.exact_self_influence):
+            if self._chol is None:
+                self._factor()
+            c, d1 = self.n_classes, self.n_features + 1
+            hinv = torch.cholesky_inverse(self._chol).reshape(c, d1, c, d1)
+            return blocks.map_concat(exact_self_influence, w, b, self._arg(blocks, hinv), rows)
+        e = self._ekfac
+        inv = 1.0 / (e.diag + self.l2)
+        args = [self._arg(blocks, t) for t in (e.q_a, e.q_g, inv)]
+        return blocks.map_concat(ekfac_self_influence, w, b, *args, rows)
 
     def self_influence(self, x, y):
         """``<H^{-1} g_i, g_i>`` for each sample: ``(n,)``."""
-        if self.solver == "exact" and (self._chol is not None or self.exact_self_influence):
-            return self._exact_self_influence(x, y)
-        e = self._ekfac
-        inv = 1.0 / (e.diag + self.l2)  # (C, d+1)
-        out = []
-        for xb, yb in self._chunks(x, y):
-            r_kfe = (self.residuals(xb, yb) @ e.q_g) ** 2  # (n, C)
-            x_kfe = self._apply(xb, e.q_a.T) ** 2  # (n, d+1)
-            out.append((r_kfe * (x_kfe @ inv.T)).sum(1))
-        return torch.cat(out).cpu().numpy()
+        return self.self_influence_blocks("all", local_blocks(x, y, self.device))
 
-    def _exact_self_influence(self, x, y):
-        if self._chol is None:
-            self._factor()
-        c, d1 = self.n_classes, self.n_features + 1
-        hinv = torch.cholesky_inverse(self._chol).reshape(c, d1, c, d1)
-        out = []
-        for xb, yb in self._chunks(x, y):
-            r = self.residuals(xb, yb)
-            xt = torch.cat([xb, torch.ones(len(xb), 1, dtype=DTYPE, device=self.device)], dim=1)
-            s = torch.zeros(len(xb), dtype=DTYPE, device=self.device)
-            for i in range(c):
-                # q_ij = x~^T [H^-1]_ij x~ for all j at once
-                q = ((xt @ hinv[i].reshape(d1, c * d1)).reshape(len(xb), c, d1) * xt[:, None, :]).sum(2)
-                s += r[:, i] * (r * q).sum(1)
-            out.append(s)
-        return torch.cat(out).cpu().numpy()
+
+# -- block functions: one pass over a block's rows each (see blocks.py) ---------
+
+def _apply(x, v):
+    """``[x, 1] @ v^T`` for ``v`` of shape ``(C, d + 1)`` -> ``(n, C)``."""
+    return x @ v[:, :-1].T + v[:, -1]
+
+
+def _outer_sum(s, x):
+    """``sum_i s_i [x_i, 1]^T`` -> ``(C, d + 1)``."""
+    return torch.cat([s.T @ x, s.sum(0)[:, None]], dim=1)
+
+
+def _with_ones(x):
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+def _probs(x, w, b):
+    return torch.softmax(x @ w.T + b, dim=1)
+
+
+def _residuals(x, y, w, b):
+    """``r = softmax(W x + b) - onehot(y)``: the loss gradient w.r.t. the logits."""
+    r = _probs(x, w, b)
+    r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
+    return r
+
+
+def loss_and_gradient(block, w, b, rows):
+    """``(summed cross-entropy, summed gradient (C, d + 1), rows)`` over ``rows``."""
+    x, y, keep = rows_of(block, rows, "x", "y")
+    logp = torch.log_softmax(x @ w.T + b, dim=1)
+    r = logp.exp()
+    r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
+    loss = -weighted(logp.gather(1, y.long()[:, None])[:, 0], keep).sum()
+    count = float(len(y)) if keep is None else keep.sum().item()
+    return loss, _outer_sum(weighted(r, keep), x), torch.tensor(count, dtype=DTYPE)
+
+
+def class_logits(block, w, b, rows):
+    x, keep = rows_of(block, rows, "x")
+    return kept(x @ w.T + b, keep)
+
+
+def kfac_factors(block, w, b):
+    """``(sum x~ x~^T, sum S_i, rows)`` over the training rows."""
+    x, keep = rows_of(block, "train", "x")
+    p = _probs(x, w, b)
+    xt = _with_ones(x)
+    pk = weighted(p, keep)
+    count = float(len(x)) if keep is None else keep.sum().item()
+    return xt.T @ weighted(xt, keep), torch.diag(pk.sum(0)) - pk.T @ p, torch.tensor(count, dtype=DTYPE)
+
+
+def kfe_diagonal(block, w, b, q_a, q_g):
+    """Summed Hessian diagonal in the Kronecker eigenbasis, over the training rows."""
+    x, keep = rows_of(block, "train", "x")
+    p = _probs(x, w, b)
+    # q_k^T S_i q_k = sum_c p_ic q_kc^2 - (p_i . q_k)^2, exactly E_y[(q_k^T r_iy)^2]
+    s_kfe = weighted(p @ q_g**2 - (p @ q_g) ** 2, keep)
+    return s_kfe.T @ _apply(x, q_a.T) ** 2
+
+
+def hessian_sum(block, w, b):
+    """Summed ``S_i (x) x~_i x~_i^T`` over the training rows, ``(C, d + 1, C, d + 1)``."""
+    x, keep = rows_of(block, "train", "x")
+    p = _probs(x, w, b)
+    xt = _with_ones(x)
+    c, d1 = p.shape[1], xt.shape[1]
+    h = torch.zeros(c, d1, c, d1, dtype=x.dtype, device=x.device)
+    for i in range(c):
+        for j in range(i, c):
+            block_ij = (xt * weighted(p[:, i] * (float(i == j) - p[:, j]), keep)[:, None]).T @ xt
+            h[i, :, j] += block_ij
+            if i != j:
+                h[j, :, i] += block_ij.T
+    return h
+
+
+def hvp_sum(block, w, b, v):
+    """Summed ``S_i (x) x~_i x~_i^T v`` over the training rows, for each of ``v``'s ``k`` rows."""
+    x, keep = rows_of(block, "train", "x")
+    p = _probs(x, w, b)
+    out = torch.zeros_like(v)
+    for j in range(v.shape[0]):
+        u = _apply(x, v[j])
+        out[j] = _outer_sum(weighted(p * u - p * (p * u).sum(1, keepdim=True), keep), x)
+    return out
+
+
+def sample_gradients(block, w, b):
+    """Each row's loss gradient, ``(n, C, d + 1)`` (small blocks only: explanations)."""
+    x, y, _ = rows_of(block, "all", "x", "y")
+    return _residuals(x, y, w, b)[:, :, None] * _with_ones(x)[:, None, :]
+
+
+def gradient_dots(block, w, b, factors, rows):
+    """``<factor_t, g_i>`` for each row ``i`` in ``rows`` and factor ``t``: ``(n, k)``."""
+    x, y, keep = rows_of(block, rows, "x", "y")
+    r = _residuals(x, y, w, b)
+    return kept(torch.stack([(_apply(x, f) * r).sum(1) for f in factors], dim=1), keep)
+
+
+def ekfac_self_influence(block, w, b, q_a, q_g, inv, rows):
+    """``sum_kl (q_k^T r_i)^2 (u_l^T x~_i)^2 / (L_kl + l2)`` for each row."""
+    x, y, keep = rows_of(block, rows, "x", "y")
+    r_kfe = (_residuals(x, y, w, b) @ q_g) ** 2
+    return kept((r_kfe * ((_apply(x, q_a.T) ** 2) @ inv.T)).sum(1), keep)
+
+
+def exact_self_influence(block, w, b, hinv, rows):
+    """``g_i^T H^{-1} g_i`` for each row, from the inverse Hessian's blocks."""
+    x, y, keep = rows_of(block, rows, "x", "y")
+    r = _residuals(x, y, w, b)
+    xt = _with_ones(x)
+    c, d1 = hinv.shape[0], hinv.shape[1]
+    s = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    for i in range(c):
+        # q_ij = x~^T [H^-1]_ij x~ for all j at once
+        q = ((xt @ hinv[i].reshape(d1, c * d1)).reshape(len(x), c, d1) * xt[:, None, :]).sum(2)
+        s += r[:, i] * (r * q).sum(1)
+    return kept(s, keep)

@@ -1,0 +1,143 @@
+"""Stages 3-4 of an audit: head, cross-validation and influence, on features.
+
+Two ways through the same stages, with the same results (tests hold them
+equal):
+
+- :func:`linear_signals`, for the audit's linear head (``method="auto"`` or
+  ``"linear"``): every pass over the samples is a block function on
+  :class:`~noise_audit.blocks.Blocks`, so the rows stay where they are, in
+  this process (or its GPU) or on Dask workers, and nothing larger than the
+  features is ever built.
+- :func:`reference_signals`, for pyDVL's solvers and for a fine-tuned last
+  block (``train_last_block``): arrays in this process, torch autograd and
+  pyDVL, the reference the fast path is checked against.
+
+Both return :class:`Signals`, per sample in the view's order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import head as heads
+from . import influence as infl
+from . import scores
+from .blocks import Blocks
+from .linear_influence import LinearHeadInfluence, class_logits
+
+
+@dataclass
+class Signals:
+    """What the head and influence stages computed, per sample in view order."""
+
+    l2: float
+    l2_scores: dict | None
+    oos_logits: np.ndarray  # (n, C) out-of-fold logits
+    head: object  # the trained head (a LinearHead or the fine-tuned block)
+    history: dict
+    test_pred: np.ndarray  # predicted class of each held-out sample
+    average_influence: np.ndarray
+    self_influence: np.ndarray
+    loss: np.ndarray  # in-sample loss of the given label under the head
+    influence_method: str
+
+
+def fold_ids(labels, folds, seed):
+    """Each sample's stratified cross-validation fold (the audit's folds)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    out = np.empty(len(labels), dtype=np.int64)
+    for k, (_, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)):
+        out[held] = k
+    return out
+
+
+def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds, clock, progress=False, device=None):
+    """The linear head's stages on ``blocks`` (columns ``x``, ``y``, ``train``, ``fold``)."""
+    y = blocks.map_concat(_column, "y")
+    is_test = ~blocks.map_concat(_column, "train").astype(bool)
+    l2_scores = None
+    if regularization == "auto":
+        clock.start("cross_validation")
+        l2_scores, candidates = {}, {}
+        for l2 in heads.L2_GRID:
+            candidates[l2] = heads.cross_val_logits(blocks, n_features, n_classes, l2, folds, device=device)
+            l2_scores[l2] = heads.log_loss(candidates[l2], y)
+        l2 = min(l2_scores, key=l2_scores.get)
+        clock.stop()
+    else:
+        l2 = regularization
+
+    clock.start("head")
+    head, history = heads.fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows="test",
+                                          device=device)
+    w, b = _weights(head, blocks)
+    test_pred = blocks.map_concat(class_logits, w, b, "test").argmax(1)
+    clock.stop()
+
+    clock.start("cross_validation")
+    if regularization == "auto":
+        oos_logits = candidates[l2]
+    else:
+        # Folds start at the head's minimum (convex: the same minima, a fraction of the steps).
+        oos_logits = heads.cross_val_logits(blocks, n_features, n_classes, l2, folds, init=head, progress=progress,
+                                            device=device)
+    clock.stop()
+
+    clock.start("influence")
+    model = LinearHeadInfluence.from_head(head, l2).fit_blocks(blocks)
+    avg = np.zeros(blocks.n)
+    avg[~is_test] = model.average_influence_blocks("train", "test")
+    avg[is_test] = model.average_influence_blocks("test", "train")  # roles swapped
+    self_infl = model.self_influence_blocks("all")
+    loss = scores.given_label_loss(blocks.map_concat(class_logits, w, b, "all"), y)
+    clock.stop()
+    return Signals(l2, l2_scores, oos_logits, head, history, test_pred, avg, self_infl, loss, "linear")
+
+
+def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method, clock,
+                      make_head=None, progress=False, device=None):
+    """The same stages with arrays, torch autograd and pyDVL's solvers."""
+    tr, te = ~is_test, is_test
+    splits = [(np.flatnonzero(folds_of != k), np.flatnonzero(folds_of == k)) for k in range(folds)]
+    l2_scores = None
+    if regularization == "auto":
+        clock.start("cross_validation")
+        l2, oos_logits, l2_scores = heads.select_l2(x, y, n_classes, folds=folds, seed=seed, make_head=make_head,
+                                                    splits=splits, device=device)
+        clock.stop()
+    else:
+        l2 = regularization
+
+    clock.start("head")
+    head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed,
+                                   make_head=make_head, device=device)
+    test_pred = heads.predict_logits(head, x[te]).argmax(1)
+    clock.stop()
+
+    clock.start("cross_validation")
+    if regularization != "auto":
+        oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress,
+                                           init=head if make_head is None else None, splits=splits, device=device)
+    clock.stop()
+
+    clock.start("influence")
+    model = infl.fit_influence_model(head, x[tr], y[tr], l2, method)
+    avg = np.zeros(len(y))
+    avg[tr] = infl.average_influence(model, head, x[te], y[te], x[tr], y[tr])
+    avg[te] = infl.average_influence(model, head, x[tr], y[tr], x[te], y[te])  # roles swapped
+    self_infl = infl.self_influence(model, x, y)
+    loss = scores.given_label_loss(heads.predict_logits(head, x), y)
+    clock.stop()
+    return Signals(l2, l2_scores, oos_logits, head, history, test_pred, avg, self_infl, loss, model.method_name)
+
+
+def _column(block, name):
+    return block[name]
+
+
+def _weights(head, blocks):
+    w, b = head.fc.weight.detach(), head.fc.bias.detach()
+    return (w, b) if blocks.client is None else (w.cpu(), b.cpu())
