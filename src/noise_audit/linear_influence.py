@@ -223,6 +223,20 @@ class LinearHeadInfluence:
         factor = self.solve(self.mean_gradient_blocks(blocks, on_rows))
         return blocks.map_concat(gradient_dots, *self._params(blocks), self._arg(blocks, factor), of_rows)[:, 0]
 
+    def train_and_test_influence(self, blocks=None):
+        """Average influence of every row, in block order: of training rows on the
+        held-out ones, and (roles swapped) of held-out rows on the training ones.
+
+        The same as two :meth:`average_influence_blocks` calls, with both
+        systems solved together and one pass for the dot products.
+        """
+        blocks = blocks or self.blocks
+        targets = torch.cat([self.mean_gradient_blocks(blocks, "test"), self.mean_gradient_blocks(blocks, "train")])
+        factors = self.solve(targets)
+        dots = blocks.map_concat(gradient_dots, *self._params(blocks), self._arg(blocks, factors), "all")
+        train = blocks.map_concat(_train_column).astype(bool)
+        return np.where(train, dots[:, 0], dots[:, 1])
+
     def average_influence(self, x_test, y_test, x, y):
         """Mean influence of each ``(x, y)`` sample on ``(x_test, y_test)``: ``(n,)``."""
         factor = self.solve(self.mean_gradient_blocks(local_blocks(x_test, y_test, self.device), "all"))
@@ -257,6 +271,10 @@ class LinearHeadInfluence:
 
 
 # -- block functions: one pass over a block's rows each (see blocks.py) ---------
+
+def _train_column(block):
+    return as_tensor(block["train"])
+
 
 def _apply(x, v):
     """``[x, 1] @ v^T`` for ``v`` of shape ``(C, d + 1)`` -> ``(n, C)``."""
@@ -335,14 +353,16 @@ def hessian_sum(block, w, b):
 
 
 def hvp_sum(block, w, b, v):
-    """Summed ``S_i (x) x~_i x~_i^T v`` over the training rows, for each of ``v``'s ``k`` rows."""
+    """Summed ``S_i (x) x~_i x~_i^T v`` over the training rows, for each of ``v``'s ``k`` rows.
+
+    All ``k`` at once: one ``n x d`` by ``d x kC`` product each way.
+    """
     x, keep = rows_of(block, "train", "x")
-    p = _probs(x, w, b)
-    out = torch.zeros_like(v)
-    for j in range(v.shape[0]):
-        u = _apply(x, v[j])
-        out[j] = _outer_sum(weighted(p * u - p * (p * u).sum(1, keepdim=True), keep), x)
-    return out
+    p = _probs(x, w, b)[:, None, :]  # (n, 1, C)
+    k, c, d1 = v.shape
+    u = _apply(x, v.reshape(k * c, d1)).reshape(-1, k, c)  # (n, k, C)
+    s = weighted(p * u - p * (p * u).sum(2, keepdim=True), keep).reshape(-1, k * c)
+    return _outer_sum(s, x).reshape(k, c, d1)
 
 
 def sample_gradients(block, w, b):

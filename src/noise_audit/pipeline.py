@@ -88,9 +88,7 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
 
     clock.start("influence")
     model = LinearHeadInfluence.from_head(head, l2).fit_blocks(blocks)
-    avg = np.zeros(blocks.n)
-    avg[~is_test] = model.average_influence_blocks("train", "test")
-    avg[is_test] = model.average_influence_blocks("test", "train")  # roles swapped
+    avg = model.train_and_test_influence()  # held-out rows: roles swapped
     self_infl = model.self_influence_blocks("all")
     loss = scores.given_label_loss(blocks.map_concat(class_logits, w, b, "all"), y)
     clock.stop()
