@@ -48,7 +48,7 @@ import numpy as np
 from _common import (RESULTS, ROOT, SEED_CLASSES, TINY, cifar_files, cifar_root, machine, require_data, table,
                      write_json)
 
-ESTIMATORS = ("direct", "cg", "lissa", "arnoldi", "ekfac", "nystroem")
+ESTIMATORS = ("linear", "direct", "cg", "lissa", "arnoldi", "ekfac", "nystroem")
 SIZES = (1000, 5000, 20000, 50000, 100000, 200000)
 CIFAR_DATASET = "bench-speed-cifar10"
 CIFAR_TRAIN = 50000

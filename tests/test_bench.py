@@ -2,8 +2,8 @@
 
 ``bench/gpu.py`` is meant for a lent H200, but the same code runs on a CPU; here
 it audits 100 + 40 real Tiny ImageNet images (two classes, 32 px) and its JSON
-is checked, including its exact-Hessian influence against the library's pyDVL
-path (DirectInfluence) on the same head.
+is checked, including the library's closed-form influence against its pyDVL
+path (DirectInfluence) on the same features.
 """
 
 import json
@@ -41,7 +41,7 @@ def test_gpu_script_runs_on_cpu_at_small_n(tmp_path):
     assert (out["n_train"], out["n_test"], out["n_classes"]) == (100, 40, 2)
     assert out["n_flipped"] == 10  # 10% uniform flips of the training labels
     run = out["runs"][0]
-    stages = ("decode", "features", "cross_validation", "head", "influence", "scores")
+    stages = ("features", "head", "cross_validation", "influence", "scores")
     assert all(run["timings_s"][s] >= 0 for s in stages)
     assert run["timings_s"]["total"] == pytest.approx(sum(run["timings_s"][s] for s in stages), abs=1e-3)
     assert out["target_met"] == (run["timings_s"]["total"] < out["target_s"])
@@ -50,44 +50,11 @@ def test_gpu_script_runs_on_cpu_at_small_n(tmp_path):
         m = run["metrics"][signal]
         assert 0 <= m["auroc"] <= 1 and m["k"] == 10 and m["n"] == 140
     assert run["metrics"]["corruption_score"]["auroc"] > 0.8  # flips are found even at 32 px
-    check = out["pydvl_check"]  # closed-form Hessian == pyDVL's DirectInfluence on the same head
-    for signal in ("average_influence", "self_influence"):
+    check = out["pydvl_check"]  # the library's closed form == its pyDVL DirectInfluence path
+    for signal in ("average_influence", "self_influence", "loss"):
         assert check[signal]["pearson"] > 0.999999
         assert check[signal]["max_rel_diff"] < 1e-6
     assert check["label_quality_is_p_given"] < 1e-12
-
-
-def test_gpu_flips_are_the_library_flips():
-    sys.path.insert(0, str(BENCH))
-    import gpu
-    from noise_audit.noise import choose_flips
-
-    labels = np.random.default_rng(3).integers(0, 10, size=500)
-    for seed in (0, 1):
-        ours = gpu.uniform_flips(labels, 10, 0.1, seed)
-        lib = choose_flips(labels, 10, 0.1, "uniform", seed)
-        assert np.array_equal(ours[0], lib[0]) and np.array_equal(ours[1], lib[1])
-
-
-def test_fit_heads_matches_fit_head():
-    """The jointly fitted fold heads of gpu.py reach the library's single-head minimum."""
-    sys.path.insert(0, str(BENCH))
-    import torch
-
-    import gpu
-    from noise_audit import head as heads
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(120, 8))
-    y = (x[:, 0] + 0.5 * rng.normal(size=120) > 0).astype(int) + (x[:, 1] > 1).astype(int)
-    masks = np.ones((2, 120))
-    masks[0, :40] = 0
-    W, b, _ = gpu.fit_heads(torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(masks), 3, 3.0)
-    for k in range(2):
-        keep = masks[k] > 0
-        ref, _ = heads.fit_head(x[keep], y[keep], 3, 3.0)
-        assert np.allclose(W[k].numpy(), ref.fc.weight.detach().numpy(), atol=1e-6)
-        assert np.allclose(b[k].numpy(), ref.fc.bias.detach().numpy(), atol=1e-6)
 
 
 def test_quality_mistakenness_formula_is_brains():

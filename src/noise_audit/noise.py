@@ -21,57 +21,7 @@ import fiftyone as fo
 from .data import read_labels
 from .errors import NoiseAuditError
 from .fields import check_writable, declare_field, is_own_field, write_values
-
-STRATEGIES = ("uniform", "pair", "influential")
-
-
-def _other_class(rng, label, n_classes):
-    shift = rng.integers(1, n_classes)
-    return (label + shift) % n_classes
-
-
-def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None):
-    """Picks which samples to flip and their new classes.
-
-    Args:
-        labels: integer labels, shape ``(n,)``.
-        n_classes: number of classes.
-        fraction: share of samples to flip, in ``[0, 1)``.
-        strategy: one of :data:`STRATEGIES`.
-        seed: random seed; the same seed gives the same flips.
-        influence: per-sample average influence, for ``influential``.
-
-    Returns:
-        ``(indices, new_labels)``: positions flipped and their new labels.
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    if strategy == "uniform":
-        k = int(round(fraction * n))
-        idx = np.sort(rng.choice(n, size=k, replace=False))
-        new = np.array([_other_class(rng, labels[i], n_classes) for i in idx], dtype=int)
-        return idx, new
-    idx, new = [], []
-    if strategy == "pair":
-        cycle = rng.permutation(n_classes)
-        partner = {int(cycle[i]): int(cycle[(i + 1) % n_classes]) for i in range(n_classes)}
-    for c in range(n_classes):
-        members = np.flatnonzero(labels == c)
-        k = int(round(fraction * len(members)))
-        if k == 0:
-            continue
-        if strategy == "pair":
-            chosen = rng.choice(members, size=k, replace=False)
-            targets = [partner[c]] * k
-        else:  # influential: the k most helpful samples of the class
-            order = members[np.argsort(-influence[members], kind="stable")]
-            chosen = order[:k]
-            targets = [_other_class(rng, c, n_classes) for _ in chosen]
-        idx.extend(chosen.tolist())
-        new.extend(targets)
-    order = np.argsort(idx)
-    return np.asarray(idx, dtype=int)[order], np.asarray(new, dtype=int)[order]
+from .flips import STRATEGIES, choose_flips
 
 
 def _find_influence_field(dataset):

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import head as heads
-from . import influence as infl
 from . import scores
 from .blocks import Blocks
 from .linear_influence import LinearHeadInfluence, class_logits
@@ -98,6 +97,8 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
 def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method, clock,
                       make_head=None, progress=False, device=None):
     """The same stages with arrays, torch autograd and pyDVL's solvers."""
+    from . import influence as infl  # pyDVL: imported only on this path (the GPU benchmark has none)
+
     tr, te = ~is_test, is_test
     splits = [(np.flatnonzero(folds_of != k), np.flatnonzero(folds_of == k)) for k in range(folds)]
     l2_scores = None
