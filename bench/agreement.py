@@ -130,7 +130,6 @@ def compare(tag):
             d = c["pydvl_direct"]
             rows.append([scenario, "Pearson average influence vs pyDVL Direct", "", f"{d['pearson_average_influence']:.8f}", ""])
             rows.append([scenario, "Pearson self-influence vs pyDVL Direct", "", f"{d['pearson_self_influence']:.6f}", ""])
-        rows.append([scenario, "audit wall s", f"{o['wall_s']:.1f}", f"{c['wall_s']:.1f}", f"x{o['wall_s'] / c['wall_s']:.1f}"])
     print(table(rows, ["scenario", "signal / check", tag, "current", "difference"]))
 
 

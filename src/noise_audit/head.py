@@ -228,6 +228,11 @@ def cross_val_logits(blocks, n_features, n_classes, l2, folds, init=None, progre
 
     logits = np.zeros((blocks.n, n_classes))
     fold_of = blocks.map_concat(_fold_column)
+    if init is not None:
+        # Every fold's rows are 1 - 1/K of all rows, so the minimum on all rows
+        # is the nearest common start; ``init`` (the head on the training rows)
+        # can be far from it when the held-out part is large.
+        init, _ = fit_linear_head(blocks, n_features, n_classes, l2, rows="all", init=init, device=device)
     for k in tqdm(range(folds), desc="cross-validation folds", disable=not progress, leave=False):
         head, _ = fit_linear_head(blocks, n_features, n_classes, l2, rows=("not_fold", k), init=init, device=device)
         w, b = head.fc.weight.detach(), head.fc.bias.detach()
