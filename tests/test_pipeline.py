@@ -55,8 +55,12 @@ def test_linear_path_on_blocks_equals_the_pydvl_reference(digits, reference):
     # small blocks: many partial sums, rows split across blocks, some blocks without held-out rows
     fast = pipeline.linear_signals(blocks_of(x, y, is_test, folds_of, rows=50), x.shape[1], 4, L2, FOLDS, _NoClock())
     assert fast.influence_method == "linear" and reference.influence_method == "direct"
+    # Each side stops L-BFGS at a gradient norm near 1e-7, so each head is within
+    # |g| / l2 ~ 3e-7 of the minimum: logits of the fold heads agree to ~1e-6
+    # relative, and the one head's influence quantities tighter than that.
+    tolerance = {"oos_logits": 1e-5}
     for name in NAMES:
-        assert rel(getattr(fast, name), getattr(reference, name)) < 1e-6, name
+        assert rel(getattr(fast, name), getattr(reference, name)) < tolerance.get(name, 1e-6), name
     np.testing.assert_array_equal(fast.test_pred, reference.test_pred)
     assert fast.history["grad_norm"] < 1e-6
 
