@@ -30,7 +30,7 @@ import numpy as np
 _pre = argparse.ArgumentParser(add_help=False)
 _pre.add_argument("--src")
 _known, _ = _pre.parse_known_args()
-import _common  # noqa: E402
+import _common  # noqa: E402, F401  (sets the environment before FiftyOne is imported)
 if _known.src:
     sys.path.insert(0, _known.src)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import features as feats
-from .blocks import BLOCK_ROWS, Blocks, as_tensor
+from .blocks import BLOCK_ROWS, Blocks
 from .errors import NoiseAuditError
 
 
@@ -111,12 +111,3 @@ def _standardize(block, mean, scale):
     x /= scale
     out["x"] = x
     return out
-
-
-def gather_column(blocks, name):
-    """One column of every block, concatenated here (for small columns)."""
-    return blocks.map_concat(_column, name)
-
-
-def _column(block, name):
-    return as_tensor(block[name])

@@ -60,13 +60,6 @@ def to_flat(v):
     return torch.cat([v[:, :, :-1].reshape(v.shape[0], -1), v[:, :, -1]], dim=1)
 
 
-def from_flat(flat, n_classes):
-    """Inverse of :func:`to_flat`."""
-    k = flat.shape[0]
-    w = flat[:, : -n_classes].reshape(k, n_classes, -1)
-    return torch.cat([w, flat[:, -n_classes:, None]], dim=2)
-
-
 @dataclass
 class _Ekfac:
     q_a: torch.Tensor  # (d+1, d+1) eigenvectors of E[x~ x~^T]

@@ -56,7 +56,6 @@ def fold_ids(labels, folds, seed):
 def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds, clock, progress=False, device=None):
     """The linear head's stages on ``blocks`` (columns ``x``, ``y``, ``train``, ``fold``)."""
     y = blocks.map_concat(_column, "y")
-    is_test = ~blocks.map_concat(_column, "train").astype(bool)
     l2_scores = None
     if regularization == "auto":
         clock.start("cross_validation")
