@@ -82,7 +82,7 @@ def backbone_kwargs(name, resnet_weights, image_size):
     if name == "efficientnet_lite0":
         return {"backbone": "efficientnet_lite0", "image_size": image_size}
     if name == "resnet18_random":
-        return {"backbone": "resnet18", "weights": None, "image_size": image_size}
+        return {"backbone": "resnet18", "weights": "random", "image_size": image_size}
     return {"backbone": "resnet18", "weights": resnet_weights, "image_size": image_size}
 
 
@@ -140,7 +140,7 @@ class Scenario:
         doc = self.ds.load_run_results(KEY, load_view=False)
         name, weights = audit_kwargs.get("backbone", "efficientnet_lite0"), audit_kwargs.get("weights")
         size = audit_kwargs.get("image_size", 224)
-        bb_key = (name, weights, size, seed if name == "resnet18" and weights is None else None)  # random init is seeded
+        bb_key = (name, weights, size, seed if name == "resnet18" and weights == "random" else None)  # random init is seeded
         if bb_key not in self._features:
             bb = features.get_backbone(name, weights, image_size=size, seed=seed)
             paths = self.ds.values("filepath")

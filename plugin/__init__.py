@@ -151,7 +151,7 @@ class RunNoiseAudit(foo.Operator):
                    description="Run key and field prefix ({key}_corruption_score, ...)")
         inputs.bool("overwrite", default=False, label="Overwrite an audit with this key")
         inputs.enum("backbone", list(BACKBONES), default="efficientnet_lite0", label="Backbone",
-                    description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them (or give a path)",
+                    description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them once (offline: give a path, or 'random')",
                     view=types.RadioGroup())
         inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
         inputs.enum("method", ["auto"] + list(METHODS), default="auto", label="Influence solver",

@@ -63,8 +63,8 @@ def test_custom_module_and_resnet18_random_init(images):
     assert f.shape == (6, 8)
     with pytest.raises(na.NoiseAuditError, match="transform"):
         get_backbone(net)
-    r1 = get_backbone("resnet18", weights=None, image_size=64, seed=0)
-    r2 = get_backbone("resnet18", weights=None, image_size=64, seed=0)
+    r1 = get_backbone("resnet18", weights="random", image_size=64, seed=0)
+    r2 = get_backbone("resnet18", weights="random", image_size=64, seed=0)
     a, _ = extract_features(images[:2], r1, cache_dir=False, progress=False)
     b, _ = extract_features(images[:2], r2, cache_dir=False, progress=False)
     assert a.shape == (2, 512) and np.allclose(a, b)
@@ -322,3 +322,17 @@ def test_standardization_in_chunks_of_picked_rows_equals_numpy(monkeypatch):
     assert np.allclose(mean, exact.mean(0), rtol=1e-13) and np.allclose(scale, exact.std(0), rtol=1e-13)
     m2, s2 = features.standardization(x[train])
     assert np.allclose(m2, mean, rtol=1e-13) and np.allclose(s2, scale, rtol=1e-13)
+
+
+def test_resnet18_never_falls_back_to_a_random_network_silently(tmp_path):
+    """Without its ImageNet weights (no cache, no connection) ResNet18 is a clear error naming weights=PATH."""
+    code = ("import noise_audit.features as f\n"
+            "try:\n    f.get_backbone('resnet18')\nexcept f.NoiseAuditError as e:\n    print('ERROR', e)\n"
+            "else:\n    print('LOADED')\n")
+    # an empty torch cache and a proxy nobody listens on: the download fails here and anywhere
+    env = {**os.environ, "TORCH_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = out.stdout.strip().splitlines()[-1]  # torch.hub announces its download attempt first
+    assert result.startswith("ERROR") and "weights=PATH" in result and "weights='random'" in result

@@ -291,7 +291,7 @@ def build_parser():
     a.add_argument("--test", help="tag of the held-out samples (default val/test, else a 10%% split)")
     a.add_argument("--key", default="noise_audit")
     a.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet18"])
-    a.add_argument("--weights", help="'imagenet' or a local state-dict path")
+    a.add_argument("--weights", help="'imagenet' (the default), a local state-dict path, or 'random' (resnet18 only)")
     a.add_argument("--image-size", type=int, default=224)
     a.add_argument("--method", default="auto")
     a.add_argument("--regularization", default="3.0", help="L2 strength of the head, or 'auto'")

