@@ -22,7 +22,6 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 
-
 from . import features as feats
 from . import finetune
 from . import head as heads

@@ -105,9 +105,18 @@ class Blocks:
             return Blocks([fn(part, *args) for part in self.parts], self.sizes)
         return Blocks([self.client.submit(fn, part, *args, pure=False) for part in self.parts], self.sizes, self.client)
 
-    def broadcast(self, value):
-        """``value`` as an argument for block functions: a future on every worker when large."""
-        if self.client is None or not hasattr(value, "nbytes") or value.nbytes < (1 << 20):
+    def arg(self, value):
+        """``value`` (e.g. the head's weights) as an argument for block functions.
+
+        Local blocks take it as it is, on the audit's device. Dask workers get
+        it on the CPU, and as a future on every worker when it is large (the
+        inverse Hessian), so it travels once, not once per block.
+        """
+        if self.client is None:
+            return value
+        if torch.is_tensor(value):
+            value = value.detach().cpu()
+        if getattr(value, "nbytes", 0) < (1 << 20):
             return value
         return self.client.scatter(value, broadcast=True)
 

@@ -112,16 +112,7 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
     torch.manual_seed(seed)
     device = torch.device(device or "cpu")
     x, y = as_tensor(x, device=device), torch.as_tensor(np.asarray(y), dtype=torch.long, device=device)
-    if make_head is None:
-        head = LinearHead(x.shape[1], n_classes)
-        with torch.no_grad():  # start from zero: deterministic, and the problem is convex
-            head.fc.weight.zero_()
-            head.fc.bias.zero_()
-    else:
-        head = make_head(n_classes)
-    if init is not None:
-        head.load_state_dict(init.state_dict())
-    head.to(device)
+    head = _start(make_head(n_classes) if make_head else _zero_linear_head(x.shape[1], n_classes), init, device)
     trainable = [p for p in head.parameters() if p.requires_grad]
     has_val = x_val is not None and len(x_val)
     if has_val:
@@ -137,6 +128,21 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
         return float(F.cross_entropy(head(x), y)), float(F.cross_entropy(head(xv), yv)) if has_val else None
 
     return head, _run_lbfgs(trainable, loss_and_grad, curves, max_iter)
+
+
+def _zero_linear_head(n_features, n_classes):
+    head = LinearHead(n_features, n_classes)
+    with torch.no_grad():  # start from zero: deterministic, and the problem is convex
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+    return head
+
+
+def _start(head, init, device):
+    """``head``, with ``init``'s weights when given, on ``device``."""
+    if init is not None:
+        head.load_state_dict(init.state_dict())
+    return head.to(device)
 
 
 def _run_lbfgs(params, loss_and_grad, curves, max_iter):
@@ -194,18 +200,11 @@ def fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows=No
     from .linear_influence import loss_and_gradient
 
     device = torch.device(device or "cpu")
-    head = LinearHead(n_features, n_classes)
-    with torch.no_grad():
-        head.fc.weight.zero_()
-        head.fc.bias.zero_()
-    if init is not None:
-        head.load_state_dict(init.state_dict())
-    head.to(device)
+    head = _start(_zero_linear_head(n_features, n_classes), init, device)
     w, b = head.fc.weight, head.fc.bias
 
     def totals(which):
-        args = (w.detach(), b.detach()) if blocks.client is None else (w.detach().cpu(), b.detach().cpu())
-        loss, grad, n = blocks.map_sum(loss_and_gradient, *args, which)
+        loss, grad, n = blocks.map_sum(loss_and_gradient, blocks.arg(w.detach()), blocks.arg(b.detach()), which)
         return loss.item() / n.item(), grad.to(device) / n.item()
 
     def loss_and_grad():
@@ -235,9 +234,7 @@ def cross_val_logits(blocks, n_features, n_classes, l2, folds, init=None, progre
         init, _ = fit_linear_head(blocks, n_features, n_classes, l2, rows="all", init=init, device=device)
     for k in tqdm(range(folds), desc="cross-validation folds", disable=not progress, leave=False):
         head, _ = fit_linear_head(blocks, n_features, n_classes, l2, rows=("not_fold", k), init=init, device=device)
-        w, b = head.fc.weight.detach(), head.fc.bias.detach()
-        if blocks.client is not None:
-            w, b = w.cpu(), b.cpu()
+        w, b = blocks.arg(head.fc.weight.detach()), blocks.arg(head.fc.bias.detach())
         logits[fold_of == k] = blocks.map_concat(class_logits, w, b, ("fold", k))
     return logits
 

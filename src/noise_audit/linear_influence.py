@@ -114,16 +114,11 @@ class LinearHeadInfluence:
         return self.n_classes * (self.n_features + 1)
 
     def _params(self, blocks):
-        """The weights as block-function arguments (on the CPU for Dask workers)."""
-        if blocks.client is None:
-            return self.w, self.b
-        return self.w.cpu(), self.b.cpu()
+        """The weights as block-function arguments."""
+        return blocks.arg(self.w), blocks.arg(self.b)
 
     def _here(self, t):
         return as_tensor(t).to(self.device)
-
-    def _arg(self, blocks, t):
-        return blocks.broadcast(t.cpu()) if blocks.client is not None else t
 
     # -- fitting -------------------------------------------------------------
     def fit(self, x, y):
@@ -138,7 +133,7 @@ class LinearHeadInfluence:
         self._n = int(n)
         _, q_a = torch.linalg.eigh(self._here(a) / self._n)
         _, q_g = torch.linalg.eigh(self._here(g) / self._n)
-        diag = blocks.map_sum(kfe_diagonal, w, b, self._arg(blocks, q_a), self._arg(blocks, q_g))
+        diag = blocks.map_sum(kfe_diagonal, w, b, blocks.arg(q_a), blocks.arg(q_g))
         self._ekfac = _Ekfac(q_a, q_g, self._here(diag) / self._n)
         if self.solver == "exact" and self.n_parameters <= FORM_HESSIAN_MAX_PARAMS:
             self._factor()
@@ -157,7 +152,7 @@ class LinearHeadInfluence:
     # -- H v and H^{-1} v ----------------------------------------------------
     def hvp(self, v):
         """``H v`` for ``v`` of shape ``(k, C, d + 1)``."""
-        hv = self.blocks.map_sum(hvp_sum, *self._params(self.blocks), self._arg(self.blocks, v))
+        hv = self.blocks.map_sum(hvp_sum, *self._params(self.blocks), self.blocks.arg(v))
         return self._here(hv) / self._n + self.l2 * v
 
     def ekfac_solve(self, v):
@@ -205,28 +200,18 @@ class LinearHeadInfluence:
         _, grad, n = blocks.map_sum(loss_and_gradient, *self._params(blocks), rows)
         return (self._here(grad) / max(int(n), 1))[None]
 
-    def average_influence_blocks(self, of_rows, on_rows, blocks=None):
-        """Mean influence of each sample in ``of_rows`` on the samples in ``on_rows``.
-
-        One solve on the mean gradient of ``on_rows`` (influence is linear in
-        it); the sign is pyDVL's ``InfluenceMode.Up``: positive = the sample
-        helps. Returns one value per row of ``of_rows``, in block order.
-        """
-        blocks = blocks or self.blocks
-        factor = self.solve(self.mean_gradient_blocks(blocks, on_rows))
-        return blocks.map_concat(gradient_dots, *self._params(blocks), self._arg(blocks, factor), of_rows)[:, 0]
-
     def train_and_test_influence(self, blocks=None):
         """Average influence of every row, in block order: of training rows on the
         held-out ones, and (roles swapped) of held-out rows on the training ones.
 
-        The same as two :meth:`average_influence_blocks` calls, with both
-        systems solved together and one pass for the dot products.
+        One solve per mean gradient (influence is linear in it), both systems
+        solved together, and one pass for the dot products; the sign is
+        pyDVL's ``InfluenceMode.Up``: positive = the sample helps.
         """
         blocks = blocks or self.blocks
         targets = torch.cat([self.mean_gradient_blocks(blocks, "test"), self.mean_gradient_blocks(blocks, "train")])
         factors = self.solve(targets)
-        dots = blocks.map_concat(gradient_dots, *self._params(blocks), self._arg(blocks, factors), "all")
+        dots = blocks.map_concat(gradient_dots, *self._params(blocks), blocks.arg(factors), "all")
         train = blocks.map_concat(_train_column).astype(bool)
         return np.where(train, dots[:, 0], dots[:, 1])
 
@@ -252,10 +237,10 @@ class LinearHeadInfluence:
                 self._factor()
             c, d1 = self.n_classes, self.n_features + 1
             hinv = torch.cholesky_inverse(self._chol).reshape(c, d1, c, d1)
-            return blocks.map_concat(exact_self_influence, w, b, self._arg(blocks, hinv), rows)
+            return blocks.map_concat(exact_self_influence, w, b, blocks.arg(hinv), rows)
         e = self._ekfac
         inv = 1.0 / (e.diag + self.l2)
-        args = [self._arg(blocks, t) for t in (e.q_a, e.q_g, inv)]
+        args = [blocks.arg(t) for t in (e.q_a, e.q_g, inv)]
         return blocks.map_concat(ekfac_self_influence, w, b, *args, rows)
 
     def self_influence(self, x, y):

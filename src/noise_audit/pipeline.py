@@ -71,7 +71,7 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
     clock.start("head")
     head, history = heads.fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows="test",
                                           device=device)
-    w, b = _weights(head, blocks)
+    w, b = blocks.arg(head.fc.weight.detach()), blocks.arg(head.fc.bias.detach())
     test_pred = blocks.map_concat(class_logits, w, b, "test").argmax(1)
     clock.stop()
 
@@ -135,7 +135,3 @@ def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds,
 def _column(block, name):
     return block[name]
 
-
-def _weights(head, blocks):
-    w, b = head.fc.weight.detach(), head.fc.bias.detach()
-    return (w, b) if blocks.client is None else (w.cpu(), b.cpu())
