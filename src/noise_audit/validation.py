@@ -1,0 +1,122 @@
+"""Checks of numeric arguments, one rule and one message each, shared by the
+library (``na.audit``, ``na.inject_label_noise``, ``get_backbone``) and the CLI
+(which checks its options with the same functions, under their option names,
+before anything runs).
+
+Numbers must be numbers: a numeric string such as ``"0.1"`` is refused with a
+message saying so, never converted, since a string where a number belongs is
+usually a configuration read without parsing. The one exception is
+``regularization``, whose values include the string ``"auto"``: it also takes
+a numeric string (``"3.0"``), as the CLI passes it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .errors import NoiseAuditError
+
+
+def _shown(value, name):
+    """``value`` for a message: its repr, and its type when that is the problem
+    (not for a CLI option, ``--name``, whose values are all text)."""
+    if name.startswith("--") or isinstance(value, (bool, numbers.Real)) or value is None:
+        return repr(value)
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def integer(value, name, minimum=0, unit=""):
+    """``value`` as an ``int``; raises unless it is a whole number ``>= minimum``.
+
+    Integer types of numpy count, and so does a whole float (``64.0``, as a
+    JSON form may send it); booleans and strings do not.
+    """
+    ok = _is_number(value) and math.isfinite(value) and float(value).is_integer() and value >= minimum
+    if not ok:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer of at least {minimum}")
+        raise NoiseAuditError(f"{name} must be {kind}{unit}, not {_shown(value, name)}")
+    return int(value)
+
+
+def fraction(value, name="fraction"):
+    """``value`` as a ``float`` in ``[0, 1)``; raises otherwise (see the module doc on strings)."""
+    if not (_is_number(value) and 0 <= value < 1):
+        hint = ""
+        if isinstance(value, str) and not name.startswith("--"):
+            try:
+                hint = f"; pass the number {float(value)!r}, not a string"
+            except ValueError:
+                pass
+        raise NoiseAuditError(f"{name} must be a number in [0, 1), not {_shown(value, name)}{hint}")
+    return float(value)
+
+
+def regularization(value, name="regularization"):
+    """``"auto"`` or a positive finite ``float`` (a numeric string is converted)."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    try:
+        number = float(value) if isinstance(value, str) or _is_number(value) else math.nan
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise NoiseAuditError(
+            f"{name} must be a positive number or 'auto' (influence needs an invertible Hessian), "
+            f"not {_shown(value, name)}"
+        )
+    return number
+
+
+def image_size(value, name="image_size"):
+    return integer(value, name, 1, " (pixels)")
+
+
+def seed(value, name="seed"):
+    return integer(value, name, 0)
+
+
+def folds(value, name="folds"):
+    return integer(value, name, 2)
+
+
+def count(value, name):
+    """A number of things to show or do, ``0`` allowed (e.g. ``top_n``, ``n_explained``)."""
+    return integer(value, name, 0)
+
+
+def check_split(classes, labels, is_test):
+    """Raises when a class has held-out samples but no training ones.
+
+    The head could never predict such a class: its samples would all look
+    mislabeled, and the influence on them says nothing.
+    """
+    trained = set(np.unique(labels[~is_test]).tolist())
+    held_out = labels[is_test]
+    only_test = {classes[c]: int((held_out == c).sum()) for c in np.unique(held_out).tolist() if c not in trained}
+    if only_test:
+        raise NoiseAuditError(
+            f"Classes only in the held-out set, with no training samples (held-out counts): {only_test}; "
+            "the head cannot learn them. Move some of their samples to training, or leave them out of the view"
+        )
+
+
+def truth_field(samples, name):
+    """Raises unless ``name`` is a ``BooleanField`` of ``samples`` (True = the label is wrong)."""
+    import fiftyone as fo
+
+    schema = samples.get_field_schema()
+    if name not in schema:
+        bools = sorted(n for n, f in schema.items() if isinstance(f, fo.BooleanField))
+        raise NoiseAuditError(f"Truth field {name!r} not found; boolean fields here: {bools}")
+    if not isinstance(schema[name], fo.BooleanField):
+        raise NoiseAuditError(
+            f"Truth field {name!r} is of type {type(schema[name]).__name__}, not a BooleanField "
+            "(True = the label is wrong)"
+        )
