@@ -1,8 +1,14 @@
-"""Test set-up: a separate FiftyOne database, real images from ../shared/data.
+"""Test set-up: a separate FiftyOne database, real images.
 
 The environment is set before FiftyOne is imported, so tests never touch a
 user's datasets: they use the database ``noise_audit_tests`` (or whatever
 ``FIFTYONE_DATABASE_NAME`` says) and throw-away dataset names.
+
+Images: ``fixtures/cifar10`` (210 CIFAR-10 JPEGs, committed) for every default
+test, so a fresh clone runs them; ``../shared/data`` (or
+``NOISE_AUDIT_SHARED_DATA``) only for the tests marked ``slow`` (the seed
+scenario, the App in Chromium), which ``pytest`` deselects by default
+(``pytest -m "slow or not slow"`` runs everything).
 """
 
 import os
@@ -28,10 +34,13 @@ foo.get_db_conn()
 
 SHARED = Path(os.environ.get("NOISE_AUDIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TINY = SHARED / "tiny-imagenet-10"
+# Only for tests marked slow: a fresh clone has no ../shared.
 requires_shared = pytest.mark.skipif(
     not TINY.is_dir(), reason=f"real images not found at {TINY} (../shared/data beside the repo)"
 )
-SMALL_CLASSES = ("goldfish", "orange", "alp")
+# Committed real images (fixtures/README.md): train/ (50 per class) and val/ (20 per class).
+FIXTURES = ROOT / "fixtures" / "cifar10"
+SMALL_CLASSES = ("airplane", "frog", "truck")
 
 
 def unique_name(prefix="na-test"):
@@ -40,7 +49,7 @@ def unique_name(prefix="na-test"):
 
 @pytest.fixture
 def make_small_dataset():
-    """Factory: a throw-away dataset of real Tiny ImageNet images, tagged by split."""
+    """Factory: a throw-away dataset of the committed CIFAR-10 images, tagged by split."""
     made = []
 
     def make(classes=SMALL_CLASSES, n_train=40, n_val=10):
@@ -48,7 +57,9 @@ def make_small_dataset():
         samples = []
         for split, n in (("train", n_train), ("val", n_val)):
             for c in classes:
-                for path in sorted((TINY / split / c).iterdir())[:n]:
+                paths = sorted((FIXTURES / split / c).iterdir())
+                assert n <= len(paths), f"fixtures/ has {len(paths)} {split} images of {c}, {n} asked for"
+                for path in paths[:n]:
                     samples.append(fo.Sample(filepath=str(path), tags=[split], ground_truth=fo.Classification(label=c)))
         ds.add_samples(samples, progress=False)
         made.append(ds)

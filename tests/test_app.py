@@ -43,7 +43,7 @@ def _browser_or_skip():
     pytest.skip(reason)
 
 
-pytestmark = requires_shared
+pytestmark = [pytest.mark.slow, requires_shared]  # the seed scenario and Chromium
 
 
 def _free_port():

@@ -4,9 +4,6 @@ import pytest
 
 import noise_audit as na
 
-from conftest import requires_shared
-
-pytestmark = requires_shared
 FAST = dict(image_size=64, progress=False)
 
 
@@ -87,13 +84,13 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(make_small_dataset, tmp
     if setup == "float_field":
         ds.add_sample_field("number", fo.FloatField)
     elif setup == "one_class":
-        view = ds.match(fo.ViewField("ground_truth.label") == "alp")
+        view = ds.match(fo.ViewField("ground_truth.label") == "truck")
     elif setup == "tiny_class":
-        view = ds.exclude(ds.match(fo.ViewField("ground_truth.label") == "alp").skip(3).values("id"))
+        view = ds.exclude(ds.match(fo.ViewField("ground_truth.label") == "truck").skip(3).values("id"))
     elif setup == "broken_image":
         bad = tmp_path / "broken.jpg"
         bad.write_bytes(b"\x00" * 100)
-        ds.add_sample(fo.Sample(filepath=str(bad), tags=["train"], ground_truth=fo.Classification(label="alp")))
+        ds.add_sample(fo.Sample(filepath=str(bad), tags=["train"], ground_truth=fo.Classification(label="truck")))
     elif setup == "empty":
         view = ds.limit(0)
     kwargs = dict(FAST)

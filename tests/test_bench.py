@@ -1,7 +1,7 @@
 """The benchmark scripts: the GPU audit script on a CPU at small n, and the helpers the others share.
 
 ``bench/gpu.py`` is meant for a lent H200, but the same code runs on a CPU; here
-it audits 100 + 40 real Tiny ImageNet images (two classes, 32 px) and its JSON
+it audits 100 + 40 real CIFAR-10 images from fixtures/ (two classes, 32 px) and its JSON
 is checked, including the library's closed-form influence against its pyDVL
 path (DirectInfluence) on the same features.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, requires_shared
+from conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -29,10 +29,9 @@ def _env():
     return env
 
 
-@requires_shared
 def test_gpu_script_runs_on_cpu_at_small_n(tmp_path):
-    cmd = [sys.executable, str(BENCH / "gpu.py"), "--device", "cpu", "--data", str(TINY),
-           "--classes", "dining_table", "gondola", "--n-train", "100", "--n-test", "40", "--image-size", "32",
+    cmd = [sys.executable, str(BENCH / "gpu.py"), "--device", "cpu", "--data", str(FIXTURES),
+           "--classes", "frog", "truck", "--n-train", "100", "--n-test", "40", "--image-size", "32",
            "--workers", "2", "--repeats", "1", "--check-pydvl", "--out", "gpu_small", "--results-dir", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,6 +16,7 @@ def test_default_demo_runs_offline_on_digits():
     assert out["timings_s"]["total"] > 0
 
 
+@pytest.mark.slow
 @requires_shared
 def test_seed_scenario_demo_meets_the_quality_bar():
     out = json.loads(cli("demo", "--data", str(TINY), "--classes", "dining_table", "gondola",

@@ -15,14 +15,12 @@ import noise_audit as na
 from noise_audit import features
 from noise_audit.features import extract_features, get_backbone
 
-from conftest import TINY, requires_shared
-
-pytestmark = requires_shared
+from conftest import FIXTURES
 
 
 @pytest.fixture
 def images(tmp_path):
-    src = sorted((TINY / "train" / "goldfish").iterdir())[:6]
+    src = sorted((FIXTURES / "train" / "airplane").iterdir())[:6]
     out = []
     for p in src:
         dst = tmp_path / p.name
@@ -95,7 +93,7 @@ def test_standardization_of_all_constant_features_is_zero_and_finite():
 
 # --- Streaming extraction (DataLoader workers, device) and the segment cache ---
 
-MIXED = [p for c in ("goldfish", "alp") for p in sorted((TINY / "train" / c).iterdir())[:20]] if TINY.is_dir() else []
+MIXED = [p for c in ("airplane", "truck") for p in sorted((FIXTURES / "train" / c).iterdir())[:20]]
 
 
 @pytest.fixture(scope="module")

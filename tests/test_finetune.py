@@ -7,10 +7,6 @@ import torch
 import noise_audit as na
 from noise_audit.audit import build_backbone
 
-from conftest import requires_shared
-
-pytestmark = requires_shared
-
 
 def test_last_block_head_reproduces_the_pretrained_network():
     bb, make_head = build_backbone("efficientnet_lite0", None, None, 64, 0, train_last_block=True)

@@ -5,8 +5,6 @@ import pytest
 import noise_audit as na
 from noise_audit.noise import choose_flips
 
-from conftest import requires_shared
-
 
 def test_choose_flips_is_deterministic_and_exact():
     labels = np.repeat(np.arange(4), 50)
@@ -36,7 +34,6 @@ def test_influential_noise_flips_the_most_helpful_samples_per_class():
     assert idx.tolist() == [8, 9, 18, 19]
 
 
-@requires_shared
 def test_inject_writes_a_noisy_copy_and_never_touches_the_original(make_small_dataset):
     ds = make_small_dataset()
     before = ds.values("ground_truth.label")
@@ -55,7 +52,6 @@ def test_inject_writes_a_noisy_copy_and_never_touches_the_original(make_small_da
     assert other["flipped_ids"] != out["flipped_ids"]
 
 
-@requires_shared
 def test_inject_refuses_to_overwrite_a_users_field(make_small_dataset):
     ds = make_small_dataset(n_train=5, n_val=0)
     ds.clone_sample_field("ground_truth", "mine")

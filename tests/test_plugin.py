@@ -23,11 +23,8 @@ import noise_audit as na
 from noise_audit.audit import STAGES
 from noise_audit.plugin_install import INSTALL_NAME, install_plugin, plugin_source_dir, uninstall_plugin
 
-from conftest import requires_shared
-
 PLUGIN = "@noise-audit/noise-audit"
 OPERATORS = ("inject_label_noise", "run_noise_audit", "evaluate_noise_audit", "delete_noise_audit", "generate_noise_report")
-pytestmark = requires_shared
 
 
 def run_op(name, dataset, view=None, **params):

@@ -2,7 +2,8 @@
 
 One module-scoped audit of the seed scenario (dining_table vs gondola, 1,100
 real Tiny ImageNet images, 10% of the training labels flipped) feeds every
-library test here; the command-line tests audit the small 3-class dataset.
+library test here (marked slow: it needs ../shared/data); the command-line
+tests audit the small 3-class dataset from fixtures/.
 """
 
 import base64
@@ -26,7 +27,6 @@ from noise_audit.report_html import SECTIONS
 from conftest import TINY, requires_shared, unique_name
 from test_cli import cli
 
-pytestmark = requires_shared
 CHROMIUM = "/usr/bin/chromium"
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -76,6 +76,8 @@ def seed(tmp_path_factory):
     ds.delete()
 
 
+@pytest.mark.slow
+@requires_shared
 def test_report_files_and_every_section(seed):
     out, summary = seed["out"], seed["summary"]
     assert sorted(os.listdir(out)) == sorted(FILES.values())
@@ -121,6 +123,8 @@ def test_report_files_and_every_section(seed):
     assert "## Detection quality against the truth" in md and "| corruption_score |" in md
 
 
+@pytest.mark.slow
+@requires_shared
 def test_summary_numbers_are_the_audits_and_evaluates(seed):
     ds, results = seed["ds"], seed["results"]
     s = json.loads((seed["out"] / "summary.json").read_text())
@@ -143,6 +147,8 @@ def test_summary_numbers_are_the_audits_and_evaluates(seed):
     assert m["auroc"] > 0.95 and s["truth"]["n_flagged_and_flipped"] >= 0.8 * s["truth"]["n_flagged"]
 
 
+@pytest.mark.slow
+@requires_shared
 def test_report_only_reads_the_dataset_and_is_fast(seed):
     assert _fields_digest(seed["ds"], "noise_audit") == seed["before"]
     # seconds beyond the audit on 2 shared cores (idle: a few seconds; mostly the
@@ -150,6 +156,8 @@ def test_report_only_reads_the_dataset_and_is_fast(seed):
     assert seed["seconds"] < 90
 
 
+@pytest.mark.slow
+@requires_shared
 def test_report_renders_in_headless_chromium(seed, tmp_path):
     reason = None
     try:
@@ -190,6 +198,8 @@ def test_report_renders_in_headless_chromium(seed, tmp_path):
         assert im.width >= 1280 and im.height > 5000
 
 
+@pytest.mark.slow
+@requires_shared
 def test_bad_input_raises_before_writing(seed, tmp_path):
     ds = seed["ds"]
     out = tmp_path / "report"
@@ -216,6 +226,8 @@ def test_bad_input_raises_before_writing(seed, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
+@requires_shared
 def test_report_without_truth_and_of_a_view(seed, tmp_path):
     ds = seed["ds"]
     view = ds.match_tags("val")
