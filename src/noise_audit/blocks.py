@@ -105,6 +105,17 @@ class Blocks:
             return Blocks([fn(part, *args) for part in self.parts], self.sizes)
         return Blocks([self.client.submit(fn, part, *args, pure=False) for part in self.parts], self.sizes, self.client)
 
+    def with_column(self, name, values):
+        """These blocks plus a per-row column ``name`` (``values`` in block order)."""
+        values = np.asarray(values)
+        bounds = np.cumsum([0] + self.sizes)
+        pieces = [values[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+        if self.client is None:
+            return Blocks([{**part, name: as_tensor(piece)} for part, piece in zip(self.parts, pieces)], self.sizes)
+        parts = [self.client.submit(_with_column, part, name, piece, pure=False)
+                 for part, piece in zip(self.parts, pieces)]
+        return Blocks(parts, self.sizes, self.client)
+
     def arg(self, value):
         """``value`` (e.g. the head's weights) as an argument for block functions.
 
@@ -121,9 +132,14 @@ class Blocks:
         return self.client.scatter(value, broadcast=True)
 
 
+def _with_column(block, name, values):
+    return {**block, name: values}
+
+
 def select(block, rows):
     """Boolean mask of a block's rows in ``rows``: ``"all"``, ``"train"``, ``"test"``,
-    ``("fold", k)`` (rows of fold k) or ``("not_fold", k)`` (every other row)."""
+    ``("fold", k)`` (rows of fold k) or ``("not_fold", k)`` (every other row that
+    a ``fit`` column, when the block has one, lets fit the fold's head)."""
     if rows == "all":
         return None
     if rows == "train":
@@ -132,7 +148,9 @@ def select(block, rows):
         return ~as_tensor(block["train"])
     kind, k = rows
     fold = as_tensor(block["fold"])
-    return fold == k if kind == "fold" else fold != k
+    if kind == "fold":
+        return fold == k
+    return (fold != k) & as_tensor(block["fit"]) if "fit" in block else fold != k
 
 
 def rows_of(block, rows, *names):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES = ("uniform", "pair", "influential")
+STRATEGIES = ("uniform", "pair", "confusion", "influential")
 
 
 def _other_class(rng, label, n_classes):
@@ -16,7 +16,22 @@ def _other_class(rng, label, n_classes):
     return (label + shift) % n_classes
 
 
-def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None):
+def confusion_flips(rng, labels, k, reference_probs):
+    """``k`` instance-dependent flips, as a tired annotator would make them.
+
+    A sample is picked with probability proportional to how likely the
+    reference model finds its most likely *wrong* class (ambiguous images
+    are mislabeled more often), and gets that class.
+    """
+    p = np.array(reference_probs, dtype=float)
+    p[np.arange(len(labels)), labels] = -np.inf
+    target = p.argmax(1)
+    weight = np.clip(p[np.arange(len(labels)), target], 0.0, None) + 1e-12
+    idx = np.sort(rng.choice(len(labels), size=k, replace=False, p=weight / weight.sum()))
+    return idx, target[idx]
+
+
+def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None, reference_probs=None):
     """Picks which samples to flip and their new classes.
 
     Args:
@@ -26,6 +41,8 @@ def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None):
         strategy: one of :data:`STRATEGIES`.
         seed: random seed; the same seed gives the same flips.
         influence: per-sample average influence, for ``influential``.
+        reference_probs: ``(n, n_classes)`` out-of-sample class probabilities
+            of a reference model fit on the clean labels, for ``confusion``.
 
     Returns:
         ``(indices, new_labels)``: positions flipped and their new labels.
@@ -38,6 +55,8 @@ def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None):
         idx = np.sort(rng.choice(n, size=k, replace=False))
         new = np.array([_other_class(rng, labels[i], n_classes) for i in idx], dtype=int)
         return idx, new
+    if strategy == "confusion":
+        return confusion_flips(rng, labels, int(round(fraction * n)), reference_probs)
     idx, new = [], []
     if strategy == "pair":
         cycle = rng.permutation(n_classes)

@@ -43,6 +43,37 @@ def detection_metrics(scores, flipped):
     return out
 
 
+def calibration(probability, flipped, bins=10):
+    """How well a probability of being wrong matches the observed share of flips.
+
+    Returns ``{"ece", "mean_score", "error_rate", "bins": [...]}``: the
+    expected calibration error over ``bins`` equal-width bins (the bins'
+    ``|mean score - share flipped|``, weighted by their size), the mean score
+    against the true share of flips, and per bin its range, count, mean score
+    and share flipped (a reliability diagram's points).
+    """
+    p, t = np.asarray(probability, dtype=float), np.asarray(flipped, dtype=bool)
+    which = np.clip((p * bins).astype(int), 0, bins - 1)
+    table, ece = [], 0.0
+    for k in range(bins):
+        m = which == k
+        row = {"low": k / bins, "high": (k + 1) / bins, "n": int(m.sum()), "mean_score": None, "share_flipped": None}
+        if m.any():
+            row["mean_score"], row["share_flipped"] = float(p[m].mean()), float(t[m].mean())
+            ece += m.mean() * abs(row["mean_score"] - row["share_flipped"])
+        table.append(row)
+    return {"ece": float(ece), "mean_score": float(p.mean()), "error_rate": float(t.mean()), "bins": table}
+
+
+def flag_metrics(flags, flipped):
+    """Precision, recall and F1 of boolean ``flags`` against ``flipped``."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, _ = precision_recall_fscore_support(np.asarray(flipped, bool), np.asarray(flags, bool),
+                                                 average="binary", zero_division=0)
+    return {"precision": float(p), "recall": float(r), "f1": float(f), "n_flagged": int(np.sum(flags))}
+
+
 def pr_curve(scores, flipped):
     """Precision-recall curve points ``{"precision": [...], "recall": [...]}``."""
     p, r, _ = precision_recall_curve(np.asarray(flipped, bool), np.asarray(scores, float))

@@ -34,6 +34,7 @@ class Signals:
     l2: float
     l2_scores: dict | None
     oos_logits: np.ndarray  # (n, C) out-of-fold logits
+    clean_oos_logits: np.ndarray  # (n, C) out-of-fold logits of folds fit without the first suspects
     head: object  # the trained head (a LinearHead or the fine-tuned block)
     history: dict
     test_pred: np.ndarray  # predicted class of each held-out sample
@@ -90,7 +91,14 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
     self_infl = model.self_influence_blocks("all")
     loss = scores.given_label_loss(blocks.map_concat(class_logits, w, b, "all"), y)
     clock.stop()
-    return Signals(l2, l2_scores, oos_logits, head, history, test_pred, avg, self_infl, loss, "linear")
+
+    clock.start("cross_validation")  # clean and refit (scores module doc, step 2)
+    drop = scores.refit_suspects(y, oos_logits, avg)
+    clean_oos_logits = heads.cross_val_logits(blocks.with_column("fit", ~drop), n_features, n_classes, l2, folds,
+                                              init=head, progress=progress, device=device)
+    clock.stop()
+    return Signals(l2, l2_scores, oos_logits, clean_oos_logits, head, history, test_pred, avg, self_infl, loss,
+                   "linear")
 
 
 def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method, clock,
@@ -129,7 +137,16 @@ def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds,
     self_infl = infl.self_influence(model, x, y)
     loss = scores.given_label_loss(heads.predict_logits(head, x), y)
     clock.stop()
-    return Signals(l2, l2_scores, oos_logits, head, history, test_pred, avg, self_infl, loss, model.method_name)
+
+    clock.start("cross_validation")  # clean and refit (scores module doc, step 2)
+    drop = scores.refit_suspects(y, oos_logits, avg)
+    clean_splits = [(fit[~drop[fit]], held) for fit, held in splits]
+    clean_oos_logits = heads.cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, progress,
+                                             init=head if make_head is None else None, splits=clean_splits,
+                                             device=device)
+    clock.stop()
+    return Signals(l2, l2_scores, oos_logits, clean_oos_logits, head, history, test_pred, avg, self_infl, loss,
+                   model.method_name)
 
 
 def _column(block, name):

@@ -13,28 +13,47 @@ Signals (one value per sample):
 - ``average_influence``: mean influence on the held-out test set (low or
   negative = the sample hurts test loss).
 
-The **corruption score** mainly averages two independent estimates of the
-out-of-sample probability of the given label, cleanlab's K-fold one and the
-influence-function leave-one-out one, and adds a small vote from average
-influence::
+**The corruption score** is the estimated probability that the given label is
+wrong. It is built in three steps:
 
-    p_oos = (label_quality + exp(-loo_loss)) / 2
-    score = (1 - w) * (1 - p_oos) + w * sigmoid(-average_influence / std)
+1. *Rank by two views that fail differently.* Out-of-sample loss (K-fold,
+   temperature-scaled) catches labels the other samples contradict; average
+   influence catches labels that hurt the held-out set. Out-of-sample methods
+   go blind to **systematic** flips (class a labelled b again and again): the
+   folds learn the flip. Influence on held-out samples still sees the harm.
+   Each is divided by its spread and the two are averaged
+   (:func:`ranking_score`).
+2. *Clean and refit.* The folds are fit again without the first ranking's top
+   suspects (as many as cleanlab's confident learning estimates), so they no
+   longer learn the flips, and the out-of-sample loss is taken from these
+   cleaner folds (:func:`refit_suspects`). This is what lets the score beat
+   average influence under systematic noise and cleanlab under every kind.
+3. *Calibrate without the truth.* cleanlab's estimated noise matrix turns the
+   cleaner folds' class probabilities into each label's posterior probability
+   of being wrong (:func:`noise_posterior`); a monotone (isotonic) map of the
+   ranking onto these posteriors gives the score
+   (:func:`calibrate`). The ranking is kept exactly, and the scores average
+   to the estimated share of wrong labels.
 
-with ``w`` = :data:`INFLUENCE_WEIGHT`. It lies in [0, 1]; higher means more
-likely mislabeled. The two probability estimates err differently (K-fold
-refits on 80% of the data; the influence estimate is exact to first order
-around the full-data minimum), so their mean ranks flips better than either.
-Average influence on its own is a weak detector (the seed notebook's lesson,
-confirmed by ``bench/``), so it only breaks near-ties: a larger weight lowers
-precision.
+One rule for direction, as in cleanlab: fields named ``*_label_quality`` and
+``*_influence`` are low when suspicious, everything else is high when
+suspicious (see :data:`LOW_IS_SUSPICIOUS`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from cleanlab.count import num_label_issues
+from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities, num_label_issues
 from cleanlab.rank import get_label_quality_scores
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.isotonic import IsotonicRegression
+
+# Signals where *low* values mark suspects (``average_influence`` is stored
+# as the field ``{key}_influence``).
+LOW_IS_SUSPICIOUS = ("label_quality", "average_influence", "influence")
+INFLUENCE_WEIGHT = 0.5  # share of average influence in the ranking (tuned on ten64 seeds 0-1)
+SUSPECT_THRESHOLD = 0.5  # a sample is a suspect when its label is more likely wrong than right
 
 
 def label_quality(labels, pred_probs):
@@ -44,9 +63,7 @@ def label_quality(labels, pred_probs):
 
 def given_label_loss(logits, labels):
     """Cross-entropy of the given label for each sample."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(labels)), np.asarray(labels)]
+    return -log_softmax(np.asarray(logits, dtype=float), axis=1)[np.arange(len(labels)), np.asarray(labels)]
 
 
 def loo_loss(loss, self_influence, n_train):
@@ -54,21 +71,172 @@ def loo_loss(loss, self_influence, n_train):
     return loss + np.maximum(self_influence, 0.0) / n_train
 
 
-INFLUENCE_WEIGHT = 0.1
+def temperature(logits, labels, rows=None):
+    """The temperature ``T`` whose ``softmax(logits / T)`` fits ``labels`` best (log loss).
+
+    The head is strongly regularised for stable influence, so its
+    out-of-sample probabilities are too flat; one scalar fixes that without
+    changing any sample's predicted class. Fit on the given labels of
+    ``rows`` (default all): no truth.
+    """
+    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
+    if rows is not None:
+        logits, labels = logits[rows], labels[rows]
+    rows = np.arange(len(labels))
+
+    def nll(log_t):
+        return -log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean()
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-5.0, 3.0), method="bounded").x))
 
 
-def corruption_score(label_quality, loo_loss, average_influence, influence_weight=INFLUENCE_WEIGHT):
-    """The corruption score in [0, 1] (see module doc); higher = more suspicious."""
-    p_oos = 0.5 * (np.asarray(label_quality) + np.exp(-np.asarray(loo_loss)))
-    a = np.asarray(average_influence, dtype=float)
-    scale = a.std() or 1.0
-    harm = 1.0 / (1.0 + np.exp(np.clip(a / scale, -50, 50)))  # sigmoid(-a / std)
-    return (1.0 - influence_weight) * (1.0 - p_oos) + influence_weight * harm
+def calibrated_probs(logits, labels, rows=None):
+    """``softmax(logits / T)`` with the :func:`temperature` fit on ``labels`` of ``rows``."""
+    return softmax(np.asarray(logits, dtype=float) / temperature(logits, labels, rows), axis=1)
+
+
+def _spread(v):
+    s = float(np.std(v))
+    return s if s > 0 else 1.0
+
+
+def ranking_score(average_influence, oos_loss, influence_weight=INFLUENCE_WEIGHT):
+    """Higher = more suspicious: harm to the held-out set and out-of-sample loss,
+    each in units of its own spread, mixed with ``influence_weight``."""
+    harm = -np.asarray(average_influence, dtype=float)
+    loss = np.asarray(oos_loss, dtype=float)
+    return influence_weight * harm / _spread(harm) + (1.0 - influence_weight) * loss / _spread(loss)
 
 
 def estimate_num_issues(labels, pred_probs):
     """cleanlab's estimate of how many labels are wrong (confident learning)."""
     return int(num_label_issues(np.asarray(labels), pred_probs))
+
+
+def refit_suspects(labels, oos_logits, average_influence):
+    """Samples to leave out when the folds are fit again (step 2 of the module doc):
+    the top of the first ranking, as many as cleanlab estimates are wrong."""
+    probs = calibrated_probs(oos_logits, labels)
+    first = ranking_score(average_influence, given_label_loss(np.log(probs), labels))
+    return flag_top(first, estimate_num_issues(labels, softmax(oos_logits, axis=1)))
+
+
+def noise_posterior(labels, pred_probs, noise_matrix):
+    """``P(given label is wrong | x, given label)`` under a noise matrix.
+
+    ``noise_matrix[i, j] = P(given = i | true = j)`` (cleanlab's convention)
+    and ``pred_probs`` estimates ``P(true | x)``. By Bayes,
+    ``P(true = given | x, given) = p(given|x) N[given, given] / sum_j p(j|x) N[given, j]``.
+    """
+    labels = np.asarray(labels)
+    n = np.asarray(noise_matrix, dtype=float)[labels]  # (samples, true classes)
+    joint = pred_probs * n
+    right = joint[np.arange(len(labels)), labels]
+    return 1.0 - right / np.maximum(joint.sum(1), 1e-300)
+
+
+def fit_noise_matrix(labels, pred_probs, start, iterations=200, tol=1e-7):
+    """Maximum-likelihood noise matrix for the given labels, the true classes' probabilities fixed.
+
+    Each given label is modelled as ``P(given = i | x) = sum_j p(j|x) N[i, j]``
+    with ``pred_probs`` as ``p(j|x)`` (the cleaner folds'); EM (Dawid & Skene's,
+    with one annotator) refines ``start`` (cleanlab's confident-learning
+    estimate, which counts noise only where the model is confident and so
+    misjudges its amount).
+    """
+    labels = np.asarray(labels)
+    n_classes = pred_probs.shape[1]
+    onehot = np.eye(n_classes)[labels]  # (n, given classes)
+    noise = np.asarray(start, dtype=float).copy()
+    for _ in range(iterations):
+        joint = pred_probs * noise[labels]  # (n, true classes): p(j|x) N[given, j]
+        post = joint / np.maximum(joint.sum(1, keepdims=True), 1e-300)
+        new = onehot.T @ post  # expected counts [given, true]
+        new /= np.maximum(new.sum(0, keepdims=True), 1e-300)
+        done = np.abs(new - noise).max() < tol
+        noise = new
+        if done:
+            break
+    return noise
+
+
+def fit_noise_model(labels, clean_logits, start):
+    """Temperature and noise matrix that make the given labels most likely.
+
+    The given label is modelled as drawn from ``softmax(clean_logits / T)``
+    (the cleaner folds' true-class probabilities) and then passed through a
+    noise matrix ``N``. For each ``T`` the best ``N`` is found by EM
+    (:func:`fit_noise_matrix`); ``T`` maximises that profile likelihood.
+    Fitting the two together matters: a temperature fit to the given labels
+    alone absorbs the noise into flatter probabilities and hides it.
+
+    Returns:
+        ``(T, N)``.
+    """
+    labels = np.asarray(labels)
+    logits = np.asarray(clean_logits, dtype=float)
+    state = {"noise": np.asarray(start, dtype=float)}
+
+    def negative_log_likelihood(log_t):
+        probs = softmax(logits / np.exp(log_t), axis=1)
+        state["noise"] = fit_noise_matrix(labels, probs, state["noise"], iterations=100, tol=1e-6)
+        given = (probs * state["noise"][labels]).sum(1)
+        return -np.log(np.maximum(given, 1e-300)).mean()
+
+    log_t = minimize_scalar(negative_log_likelihood, bounds=(-4.0, 2.0), method="bounded",
+                            options={"xatol": 1e-3}).x
+    t = float(np.exp(log_t))
+    noise = fit_noise_matrix(labels, softmax(logits / t, axis=1), state["noise"])
+    return t, noise
+
+
+def calibrate(ranking, target):
+    """Monotone map of ``ranking`` onto the scale of ``target`` probabilities.
+
+    Isotonic regression of ``target`` on ``ranking`` keeps the order and the
+    mean; a tie-break in the sixth decimal keeps distinct rankings distinct,
+    so the calibrated score ranks exactly as ``ranking`` does.
+    """
+    ranking = np.asarray(ranking, dtype=float)
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True).fit_transform(ranking, target)
+    return np.clip((1.0 - 1e-6) * fitted + 1e-6 * _dense_rank(ranking), 0.0, 1.0)
+
+
+def _dense_rank(v):
+    """Ranks in [0, 1] with equal values sharing a rank."""
+    _, inverse = np.unique(v, return_inverse=True)
+    return inverse / max(inverse.max(), 1)
+
+
+def corruption_score(labels, oos_logits, clean_oos_logits, average_influence, influence_weight=INFLUENCE_WEIGHT):
+    """The corruption score in [0, 1] (see module doc): the estimated probability
+    that each given label is wrong.
+
+    Args:
+        labels: given labels ``(n,)``.
+        oos_logits: K-fold out-of-sample logits ``(n, C)`` of the first fit
+            (they estimate the noise matrix).
+        clean_oos_logits: the same after :func:`refit_suspects` left the
+            first ranking's suspects out of the folds.
+        average_influence: mean influence on the held-out set ``(n,)``.
+        influence_weight: share of average influence in the ranking.
+
+    Returns:
+        ``(score, ranking)``: the calibrated score and the uncalibrated
+        ranking it preserves.
+    """
+    labels = np.asarray(labels)
+    # Ranking: the cleaner folds' loss at the temperature the first folds show
+    # on the given labels (the same heads on fewer rows).
+    t = temperature(oos_logits, labels)
+    clean_loss = given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
+    ranking = ranking_score(average_influence, clean_loss, influence_weight)
+    # Calibration: the noise model (temperature and noise matrix together).
+    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(
+        labels, softmax(np.asarray(oos_logits, dtype=float), axis=1))
+    t_clean, noise = fit_noise_model(labels, clean_oos_logits, start)
+    target = noise_posterior(labels, softmax(np.asarray(clean_oos_logits, dtype=float) / t_clean, axis=1), noise)
+    return calibrate(ranking, target), ranking
 
 
 def flag_top(scores, n):
@@ -77,3 +245,31 @@ def flag_top(scores, n):
     if n > 0:
         flags[np.argsort(-np.asarray(scores), kind="stable")[:n]] = True
     return flags
+
+
+def suspects(score, num_issues):
+    """The suspect flag: the ``num_issues`` highest scores (cleanlab's count;
+    see docs/benchmarks.md for why the count and not ``score >= 0.5``)."""
+    return flag_top(score, num_issues)
+
+
+def audit_signals(labels, is_test, oos_logits, clean_oos_logits, average_influence, self_influence, loss):
+    """Every per-sample signal of an audit, from the head and influence stages.
+
+    Returns:
+        ``(signals, num_issues, suspect)``: a dict of arrays (the names of the
+        module doc, ``corruption_score`` and its uncalibrated ``ranking``),
+        cleanlab's estimated number of wrong labels, and the suspect flags.
+    """
+    labels, is_test = np.asarray(labels), np.asarray(is_test, dtype=bool)
+    probs = softmax(np.asarray(oos_logits, dtype=float), axis=1)
+    # Held-out losses are out-of-sample already: no leave-one-out correction.
+    loo = np.where(~is_test, loo_loss(loss, self_influence, int((~is_test).sum())), loss)
+    score, ranking = corruption_score(labels, oos_logits, clean_oos_logits, average_influence)
+    num_issues = estimate_num_issues(labels, probs)
+    signals = {
+        "average_influence": np.asarray(average_influence), "self_influence": np.asarray(self_influence),
+        "label_quality": label_quality(labels, probs), "loss": np.asarray(loss), "loo_loss": loo,
+        "corruption_score": score, "ranking": ranking,
+    }
+    return signals, num_issues, suspects(score, num_issues)

@@ -1,0 +1,171 @@
+"""The corruption score on synthetic data where the truth is known by construction.
+
+No FiftyOne, no images: each test builds the inputs of ``scores`` so that a
+wrong combination (one input alone, a flipped sign, a dropped input, no
+calibration) measurably fails.
+"""
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.metrics import average_precision_score
+
+from noise_audit import metrics, scores
+
+
+def _noisy_world(n=6000, c=4, rate=0.2, seed=0, sharpness=4.0):
+    """Samples from a known noise model: clean posteriors, a noise matrix, given labels.
+
+    Returns the clean posterior ``p*`` of each sample, the noise matrix
+    ``N[i, j] = P(given = i | true = j)``, the given labels and the truth.
+    """
+    rng = np.random.default_rng(seed)
+    p_clean = softmax(sharpness * rng.normal(size=(n, c)), axis=1)
+    true = np.array([rng.choice(c, p=p) for p in p_clean])
+    noise = np.full((c, c), rate / (c - 1))
+    np.fill_diagonal(noise, 1 - rate)
+    given = np.array([rng.choice(c, p=noise[:, t]) for t in true])
+    return p_clean, noise, given, given != true
+
+
+def _two_kinds_of_flips(n=4000, seed=0):
+    """Flips of two kinds, each visible to one view only.
+
+    Half the flips contradict the other samples (low out-of-sample probability
+    of the given label) but do not hurt the held-out set; the other half are
+    systematic (the folds learnt them: the given label looks likely) but hurt
+    the held-out set (negative average influence). Clean samples look clean
+    to both views, with noise.
+    """
+    rng = np.random.default_rng(seed)
+    c = 3
+    labels = rng.integers(0, c, n)
+    flipped = rng.random(n) < 0.15
+    true = np.where(flipped, (labels + rng.integers(1, c, n)) % c, labels)
+    kind = rng.random(n) < 0.5  # True: seen by out-of-sample loss; False: seen by influence
+    p_true = np.clip(rng.normal(0.8, 0.12, n), 0.05, 0.95)
+    learnt = flipped & ~kind  # systematic: the folds give the flipped label most of the mass
+    probs = np.full((n, c), 0.0)
+    probs[np.arange(n), true] = np.where(learnt, 1 - p_true, p_true)
+    probs[np.arange(n), labels] += np.where(learnt, p_true, 0.0)
+    probs += (1 - probs.sum(1, keepdims=True)) / c  # the rest, spread evenly
+    influence = rng.normal(0.0, 1.0, n)
+    influence[learnt] -= 3.0
+    return labels, np.log(probs), influence, flipped
+
+
+def _ap(score, truth):
+    return average_precision_score(truth, score)
+
+
+def test_score_beats_each_of_its_inputs_alone():
+    labels, logits, influence, flipped = _two_kinds_of_flips()
+    score, ranking = scores.corruption_score(labels, logits, logits, influence)
+    ap_score = _ap(score, flipped)
+    ap_loss = _ap(scores.given_label_loss(logits, labels), flipped)
+    ap_quality = _ap(-scores.label_quality(labels, softmax(logits, axis=1)), flipped)
+    ap_influence = _ap(-influence, flipped)
+    assert ap_score > max(ap_loss, ap_quality, ap_influence) + 0.1
+    # the calibrated score ranks exactly as the ranking does
+    assert _ap(ranking, flipped) == pytest.approx(ap_score, abs=1e-12)
+    assert np.array_equal(np.argsort(score, kind="stable"), np.argsort(ranking, kind="stable"))
+
+
+def test_score_needs_the_right_sign_of_influence():
+    labels, logits, influence, flipped = _two_kinds_of_flips()
+    right, _ = scores.corruption_score(labels, logits, logits, influence)
+    wrong, _ = scores.corruption_score(labels, logits, logits, -influence)
+    assert _ap(right, flipped) > _ap(wrong, flipped) + 0.2
+
+
+def test_ranking_uses_the_refit_folds_not_the_first_ones():
+    """Step 2 of the score: the out-of-sample loss comes from the cleaner folds."""
+    labels, logits, influence, flipped = _two_kinds_of_flips()
+    fooled = logits.copy()  # first folds that learnt every flip: the given label looks likely
+    fooled[flipped] = np.log(softmax(logits[flipped], axis=1) * 0.1 + 0.9 * np.eye(3)[labels[flipped]])
+    with_clean, _ = scores.corruption_score(labels, fooled, logits, influence)
+    with_first, _ = scores.corruption_score(labels, logits, fooled, influence)
+    assert _ap(with_clean, flipped) > _ap(with_first, flipped) + 0.1
+
+
+def test_refit_suspects_are_the_first_rankings_top_as_many_as_cleanlab_estimates():
+    labels, logits, influence, flipped = _two_kinds_of_flips()
+    drop = scores.refit_suspects(labels, logits, influence)
+    assert drop.sum() == scores.estimate_num_issues(labels, softmax(logits, axis=1))
+    # the first ranking is on temperature-scaled probabilities: compare in that order
+    probs = scores.calibrated_probs(logits, labels)
+    first = scores.ranking_score(influence, scores.given_label_loss(np.log(probs), labels))
+    assert first[drop].min() >= first[~drop].max() - 1e-9
+    assert flipped[drop].mean() > 3 * flipped.mean()  # mostly flips
+
+
+def test_noise_posterior_is_calibrated_under_its_noise_model():
+    p_clean, noise, given, wrong = _noisy_world()
+    posterior = scores.noise_posterior(given, p_clean, noise)
+    cal = metrics.calibration(posterior, wrong)
+    assert cal["ece"] < 0.03
+    assert abs(cal["mean_score"] - cal["error_rate"]) < 0.015
+    # and it is informative: far better than the base rate
+    assert _ap(posterior, wrong) > 2 * wrong.mean()
+
+
+def test_calibrate_keeps_order_and_mean_and_fixes_the_scale():
+    rng = np.random.default_rng(0)
+    target = rng.random(3000) ** 3  # true probabilities
+    truth = rng.random(3000) < target
+    ranking = 5 * target + 2.0  # right order, wrong scale (not even in [0, 1])
+    out = scores.calibrate(ranking, target)
+    assert np.all(np.diff(out[np.argsort(ranking)]) > 0)  # strictly increasing: the order is kept
+    assert out.mean() == pytest.approx(target.mean(), abs=1e-4)
+    assert metrics.calibration(out, truth)["ece"] < 0.04
+    assert metrics.calibration(np.clip(ranking / ranking.max(), 0, 1), truth)["ece"] > 0.15
+
+
+def test_temperature_undoes_a_scaled_model():
+    rng = np.random.default_rng(1)
+    true_logits = 3 * rng.normal(size=(8000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits, axis=1)])
+    assert scores.temperature(true_logits / 4, labels) == pytest.approx(0.25, rel=0.1)
+    assert scores.temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)
+
+
+def test_score_is_a_calibrated_probability_on_a_known_noise_model():
+    p_clean, noise, given, wrong = _noisy_world(rate=0.15, seed=2)
+    noisy = p_clean @ noise.T  # P(given | x): what out-of-sample folds estimate
+    influence = np.zeros(len(given))  # no held-out view: the score rests on the folds
+    score, _ = scores.corruption_score(given, np.log(noisy), np.log(p_clean), influence)
+    cal = metrics.calibration(score, wrong)
+    assert cal["ece"] < 0.05
+    assert abs(cal["mean_score"] - cal["error_rate"]) < 0.03
+    # uncalibrated (ranking on a [0, 1] scale) is far off: the test can fail
+    _, ranking = scores.corruption_score(given, np.log(noisy), np.log(p_clean), influence)
+    squashed = (ranking - ranking.min()) / (ranking.max() - ranking.min())
+    assert metrics.calibration(squashed, wrong)["ece"] > 2 * cal["ece"]
+
+
+def test_audit_signals_orients_and_names_every_signal():
+    labels, logits, influence, flipped = _two_kinds_of_flips(n=1500)
+    is_test = np.zeros(len(labels), bool)
+    is_test[:100] = True
+    self_infl = np.abs(np.random.default_rng(0).normal(size=len(labels)))
+    loss = scores.given_label_loss(logits, labels)
+    signals, n_issues, suspect = scores.audit_signals(labels, is_test, logits, logits, influence, self_infl, loss)
+    assert set(signals) == {"average_influence", "self_influence", "label_quality", "loss", "loo_loss",
+                            "corruption_score", "ranking"}
+    assert suspect.sum() == n_issues
+    assert signals["corruption_score"][suspect].min() >= signals["corruption_score"][~suspect].max()
+    # held-out losses are out-of-sample already; training ones get the leave-one-out term
+    assert np.array_equal(signals["loo_loss"][is_test], loss[is_test])
+    assert np.all(signals["loo_loss"][~is_test] > loss[~is_test])
+
+
+def test_calibration_metrics_by_hand():
+    p = np.array([0.05, 0.05, 0.15, 0.95, 0.95, 0.95, 0.95])
+    t = np.array([0, 0, 1, 1, 1, 1, 0], bool)
+    cal = metrics.calibration(p, t)
+    # bins 0 (2 samples, 0 flipped), 1 (1 sample, flipped), 9 (4 samples, 3 flipped)
+    expected = (2 * 0.05 + 1 * 0.85 + 4 * abs(0.95 - 0.75)) / 7
+    assert cal["ece"] == pytest.approx(expected)
+    assert cal["bins"][9]["n"] == 4 and cal["bins"][9]["share_flipped"] == 0.75
+    flags = metrics.flag_metrics(p >= 0.5, t)
+    assert flags["precision"] == 0.75 and flags["recall"] == 0.75
