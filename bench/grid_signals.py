@@ -84,6 +84,7 @@ def run_cell(raw, y, is_test, n_classes, seed, folds=5, flipped=None):
         removals = {"suspects": top, "random": random_removal(~is_test, int(top.sum()), seed),
                     "flipped": flipped}
         acc = refit_accuracy(blocks, x.shape[1], n_classes, s.l2, removals, init=s.head)
+        acc["none"] = float((s.test_pred == y[is_test]).mean())
         cells.update({f"accuracy_{k}": v for k, v in acc.items()})
     return cells
 

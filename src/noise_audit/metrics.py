@@ -98,7 +98,8 @@ def per_label_table(scores, flipped, labels):
     return rows
 
 
-def evaluate(samples, score_field, truth_field="label_flipped", label_field=None, higher_is_suspicious=None):
+def evaluate(samples, score_field, truth_field="label_flipped", label_field=None, higher_is_suspicious=None,
+             cleaning=True):
     """Detection metrics of a score field against a boolean truth field.
 
     Args:
@@ -111,9 +112,15 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
         higher_is_suspicious: direction of the score; by default ``False`` for
             fields ending in ``_influence`` or ``_label_quality``.
 
+        cleaning: for an audit's corruption score, also refit the audit's head
+            without its suspects, random samples and the flipped ones (what
+            cleaning buys; seconds).
+
     Returns:
         the metrics of :func:`detection_metrics`, plus ``per_label`` when
-        ``label_field`` is given.
+        ``label_field`` is given; for an audit's corruption score also
+        ``calibration`` (:func:`calibration`) and ``cleaning``
+        (:func:`noise_audit.cleaning.audit_cleaning_gain`).
     """
     if len(samples) == 0:
         raise NoiseAuditError("The view is empty")
@@ -135,4 +142,41 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
         labels = samples.values(f"{label_field}.label")
         out["per_label"] = per_label_table(scores, truth, [labels[i] for i in keep])
     out["score_field"], out["truth_field"] = score_field, truth_field
+    key = _audit_of_score(samples._dataset, score_field)
+    if key is not None:  # an audit's corruption score: a probability, and a head to refit
+        out["calibration"] = calibration(scores, truth)
+        if cleaning:
+            out["cleaning"] = _cleaning(samples, key, truth_field)
     return out
+
+
+def _audit_of_score(dataset, score_field):
+    """The key of the audit whose corruption score ``score_field`` is, else None."""
+    from .fields import field_info, is_own_field
+
+    info = field_info(dataset, score_field) or {}
+    key = info.get("key")
+    if key and info.get("signal") == "corruption_score" and is_own_field(dataset, score_field) \
+            and dataset.has_run(key):
+        return key
+    return None
+
+
+def _cleaning(samples, key, truth_field):
+    """What cleaning buys for audit ``key`` (see :mod:`noise_audit.cleaning`)."""
+    import json
+
+    from .cleaning import audit_cleaning_gain
+    from .run import audit_fields, load_audit
+
+    dataset = samples._dataset
+    config, results = load_audit(dataset, key)
+    config = json.loads(json.dumps(config.serialize(), default=str))
+    suspect_field = audit_fields(key)["suspect"]
+    audited = samples.select(list(results.ids))
+    ids, truth, suspect = audited.values(["id", truth_field, suspect_field])
+    try:
+        return audit_cleaning_gain(dataset, config, results, [bool(t) for t in truth], [bool(v) for v in suspect],
+                                   ids=ids)
+    except NoiseAuditError as e:
+        return {"unavailable": str(e)}

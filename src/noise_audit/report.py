@@ -65,7 +65,7 @@ import fiftyone as fo
 
 from . import report_plots as plots
 from .errors import NoiseAuditError
-from .metrics import LOW_IS_SUSPICIOUS, evaluate, pr_curve
+from .metrics import LOW_IS_SUSPICIOUS, calibration, evaluate, pr_curve
 from .run import audit_fields, load_audit
 
 REPORT_VERSION = 1
@@ -346,7 +346,7 @@ def _thin(curve, n=PR_POINTS):
 def _truth(a, truth_field):
     f = audit_fields(a.key)
     label_field = a.config.get("label_field")
-    metrics = {name: evaluate(a.view, f[suffix], truth_field, label_field=label_field)
+    metrics = {name: evaluate(a.view, f[suffix], truth_field, label_field=label_field, cleaning=False)
                for name, suffix in SIGNALS.items()}
     curves = {}
     for name, suffix in SIGNALS.items():
@@ -360,7 +360,19 @@ def _truth(a, truth_field):
         "flagged_precision": float((flagged & a.truth).sum() / flagged.sum()) if flagged.any() else None,
         "flagged_recall": float((flagged & a.truth).sum() / a.truth.sum()),
         "metrics": metrics, "pr_curves": curves,
+        "calibration": calibration(a.signals["corruption_score"], a.truth),
+        "cleaning": _cleaning(a),
     }
+
+
+def _cleaning(a):
+    """What cleaning buys (see :mod:`noise_audit.cleaning`), or None where it cannot be measured."""
+    from .cleaning import audit_cleaning_gain
+
+    try:
+        return audit_cleaning_gain(a.dataset, a.config, a.results, a.truth, a.suspect, ids=a.ids)
+    except NoiseAuditError as e:
+        return {"unavailable": str(e)}
 
 
 def _run(a):
@@ -399,6 +411,7 @@ def _figures(a, s):
             "Corruption score", "corruption score")
         m = s["truth"]["metrics"]
         figs["pr_curves"] = plots.pr_curves(s["truth"]["pr_curves"], {n: m[n]["average_precision"] for n in m})
+        figs["reliability"] = plots.reliability(s["truth"]["calibration"])
     return figs
 
 

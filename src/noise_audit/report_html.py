@@ -285,6 +285,22 @@ def _suspects(s, figs, card):
     ])
 
 
+def _calibration_and_cleaning(t, figs):
+    cal, cl = t["calibration"], t.get("cleaning") or {}
+    text = (f'<p class="lead">The corruption score is the estimated probability that the given label is wrong. '
+            f"Here it averages {fnum(cal['mean_score'], 'f')} against a true error rate of "
+            f"{fnum(cal['error_rate'], 'f')}; expected calibration error {fnum(cal['ece'], 'f')} (10 bins).</p>")
+    if "none" in cl:
+        rows = [[esc(name), fnum(cl["removed"].get(key, 0)) if key != "none" else "0", fnum(cl[key], "pct")]
+                for key, name in (("none", "nothing"), ("suspects", "the flagged suspects"),
+                                  ("random", "as many random training samples"), ("flipped", "exactly the flipped samples"))]
+        text += ("<h3>What cleaning buys</h3><p>Held-out accuracy of the audit's head refit on the training samples "
+                 "without:</p>" + table(["removed", "samples", "held-out accuracy"], rows))
+    elif cl:
+        text += f'<p class="muted">What cleaning buys: {esc(cl["unavailable"])}</p>'
+    return '<div class="row">' + f"<div>{text}</div>" + plot(figs["reliability"], "reliability diagram") + "</div>"
+
+
 def _truth(s, figs):
     t = s.get("truth")
     if not t:
@@ -314,6 +330,7 @@ def _truth(s, figs):
         '<div class="row">',
         table(["signal", "AUROC", "AP", "P@k", "recall@5%", "recall@10%", "recall@20%"], rows),
         plot(figs["pr_curves"], "precision-recall curves"), "</div>",
+        _calibration_and_cleaning(t, figs),
         plot(figs["truth_influence"], "average influence, clean vs flipped"),
         plot(figs["truth_score"], "corruption score, clean vs flipped"),
         *per_label,

@@ -62,6 +62,15 @@ def render_markdown(s):
         out += ["## Detection quality against the truth", "", _table(
             ["signal", "AUROC", "AP", "P@k", "recall@10%"],
             [[n] + [fnum(mt[k], "f") for k in keys] for n, mt in t["metrics"].items()]), ""]
+        cal, cl = t["calibration"], t.get("cleaning") or {}
+        out += [f"Calibration: mean corruption score {fnum(cal['mean_score'], 'f')} vs error rate "
+                f"{fnum(cal['error_rate'], 'f')}; expected calibration error {fnum(cal['ece'], 'f')}.", ""]
+        if "none" in cl:
+            out += ["What cleaning buys (held-out accuracy of the head refit without):", "", _table(
+                ["removed", "samples", "held-out accuracy"],
+                [[name, cl["removed"].get(key, 0), fnum(cl[key], "pct")] for key, name in (
+                    ("none", "nothing"), ("suspects", "flagged suspects"), ("random", "random samples"),
+                    ("flipped", "exactly the flipped"))]), ""]
         for n in ("average_influence", "corruption_score"):
             fmt = "g" if n == "average_influence" else "f"
             out += [f"Mean {n.replace('_', ' ')} per given label:", "", _table(

@@ -235,6 +235,24 @@ def pr_curves(curves, aps):
     return to_data_uri(fig)
 
 
+def reliability(calibration):
+    """Reliability diagram: per score bin, the share of flipped samples against the
+    bin's mean score (on the diagonal = calibrated); marker area ~ samples."""
+    fig = _figure(4.6, 4.2)
+    ax = fig.add_subplot()
+    pts = [(b["mean_score"], b["share_flipped"], b["n"]) for b in calibration["bins"] if b["n"]]
+    ax.plot([0, 1], [0, 1], color="#9aa0a6", linewidth=1, linestyle="--", label="calibrated")
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], color=FLIPPED, linewidth=1.6)
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[12 + 30 * np.log10(p[2]) for p in pts], color=FLIPPED,
+               zorder=3, label="corruption score")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    _style(ax, f"Reliability: expected calibration error {calibration['ece']:.3f}", "corruption score (bin mean)",
+           "share of the bin's labels that are wrong")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    return to_data_uri(fig)
+
+
 # ------------------------------------------------------------------ timings
 
 

@@ -205,6 +205,6 @@ def summary(samples, key, truth_field=None):
     }
     if truth_field:
         for signal in SIGNALS:
-            m = evaluate(view, fields[signal], truth_field)
+            m = evaluate(view, fields[signal], truth_field, cleaning=False)
             out["metrics"][signal] = {k: m[k] for k in ("auroc", "average_precision", "precision_at_k", "k", "n", "recall_at_10pct")}
     return out
