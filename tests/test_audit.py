@@ -31,7 +31,8 @@ def test_audit_writes_every_field_and_a_run(make_small_dataset):
     assert set(info.config.timings) >= {"features", "influence", "total"}
     # flipped samples rank high: the real pipeline, not a constant
     flipped = np.array(ds.values("label_flipped"))
-    assert scores[flipped].mean() > scores[~flipped].mean() + 0.3
+    assert scores[flipped].mean() > scores[~flipped].mean() + 0.2
+    assert scores[flipped].mean() > 5 * scores[~flipped].mean()  # a probability: clean labels near 0
     assert na.evaluate(ds, fields["corruption_score"])["auroc"] > 0.9
 
 
