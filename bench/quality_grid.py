@@ -154,6 +154,25 @@ def reliability_figures(pooled):
     return paths
 
 
+def markdown(rows, overall, pooled):
+    """The tables of docs/benchmarks.md, printed for pasting."""
+    print("\n| data | strategy | rate | seeds | score AP | best single (AP) | cleanlab AP | avg infl AP | score AUROC | "
+          "best AUROC | ECE | mean score / rate | F1 count / >=0.5 | accuracy: none / suspects / random / flipped |")
+    print("|" + " --- |" * 14)
+    for r in rows:
+        cl = r["cleaning"]
+        print(f"| {r['data']} | {r['strategy']} | {r['rate']:.0%} | {len(r['seeds'])} | "
+              f"{'**' if r['ap_ok'] else ''}{r['ap']['corruption_score']:.4f}{'**' if r['ap_ok'] else ' (miss)'} | "
+              f"{r['best_single_ap']} ({r['ap'][r['best_single_ap']]:.4f}) | {r['ap']['label_quality']:.4f} | "
+              f"{r['ap']['average_influence']:.4f} | {r['auroc']['corruption_score']:.4f} | "
+              f"{r['auroc'][r['best_single_auroc']]:.4f} | {r['ece']:.3f} | {r['mean_score']:.3f} / {r['error_rate']:.3f} | "
+              f"{r['f1_count']:.3f} / {r['f1_threshold']:.3f} | {cl.get('none', float('nan')):.3f} / "
+              f"{cl.get('suspects', float('nan')):.3f} / {cl.get('random', float('nan')):.3f} / "
+              f"{cl.get('flipped', float('nan')):.3f} |")
+    for data, cal in pooled.items():
+        print(f"\n{data}: pooled ECE {cal['ece']:.4f}; worst cell |mean score - error rate| {cal['max_abs_mean_gap']:.4f}")
+
+
 def main():
     import argparse
 
@@ -199,6 +218,7 @@ def main():
               f"{cal['max_abs_mean_gap']:.4f}")
     if args.tuning:
         return
+    markdown(rows, overall, pooled)
     for c in cells.values():
         c.pop("_arrays")
     write_json("quality_grid", {

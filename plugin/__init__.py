@@ -16,9 +16,8 @@ from noise_audit import views as nav
 from noise_audit.data import classification_fields
 from noise_audit.errors import NoiseAuditError
 from noise_audit.features import BACKBONES
-from noise_audit.fields import check_writable
 from noise_audit.influence import METHODS
-from noise_audit.noise import STRATEGIES
+from noise_audit.noise import STRATEGIES, check_targets, injected_fields
 from noise_audit.run import check_key, list_audits
 
 from .panel import NoiseAuditPanel
@@ -95,8 +94,9 @@ class InjectLabelNoise(foo.Operator):
         inputs.float("fraction", default=0.1, min=0.0, max=0.99, label="Fraction to flip",
                      description="Share of the target samples whose label is flipped")
         inputs.enum("strategy", list(STRATEGIES), default="uniform", label="Strategy",
-                    description="uniform: any other class; pair: the most confusable class; "
-                    "influential: samples with the highest average influence of an earlier audit",
+                    description="uniform: any other class; pair: each class to one partner class; "
+                    "confusion: ambiguous samples to the wrong class an earlier audit of the clean labels finds "
+                    "likeliest; influential: samples with the highest average influence of an earlier audit",
                     view=types.RadioGroup())
         inputs.int("seed", default=0, label="Seed")
         noisy = ctx.params.get("noisy_field") or (f"{label_field}_noisy" if label_field else None)
@@ -107,7 +107,7 @@ class InjectLabelNoise(foo.Operator):
         flag = ctx.params.get("flag_field") or "label_flipped"
         if label_field and noisy:
             try:
-                check_writable(ctx.dataset, [noisy, flag])
+                check_targets(ctx.dataset, label_field, noisy, flag)
             except NoiseAuditError as e:
                 _error(inputs, str(e))
         return types.Property(inputs, view=types.View(label="Inject label noise"))
@@ -125,6 +125,34 @@ class InjectLabelNoise(foo.Operator):
         outputs.str("noisy_field", label="Noisy label field")
         outputs.str("flag_field", label="Flip flag field")
         return types.Property(outputs)
+
+
+class RemoveLabelNoise(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="remove_label_noise", label="Noise audit: remove injected label noise",
+                                  description="Delete the noisy copy and the flag field an injection wrote, nothing else",
+                                  icon="undo", dynamic=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        pairs = injected_fields(ctx.dataset)
+        noisy = sorted(pairs)
+        if not noisy:
+            _error(inputs, "This dataset has no injected label noise")
+            return types.Property(inputs, view=types.View(label="Remove injected label noise"))
+        inputs.enum("noisy_field", noisy, default=noisy[0], required=True, label="Noisy label field",
+                    view=types.DropdownView())
+        chosen = ctx.params.get("noisy_field") or noisy[0]
+        flag = pairs.get(chosen) or "label_flipped"
+        inputs.str("flag_field", default=flag, required=True, label="Flip flag field")
+        return types.Property(inputs, view=types.View(label="Remove injected label noise"))
+
+    def execute(self, ctx):
+        out = na.remove_label_noise(ctx.dataset, noisy_field=ctx.params["noisy_field"],
+                                    flag_field=ctx.params.get("flag_field") or "label_flipped")
+        ctx.ops.reload_dataset()
+        return out
 
 
 class RunNoiseAudit(foo.Operator):
@@ -299,6 +327,6 @@ class GenerateNoiseReport(foo.Operator):
 
 
 def register(p):
-    for cls in (InjectLabelNoise, RunNoiseAudit, EvaluateNoiseAudit, DeleteNoiseAudit, GenerateNoiseReport,
+    for cls in (InjectLabelNoise, RemoveLabelNoise, RunNoiseAudit, EvaluateNoiseAudit, DeleteNoiseAudit, GenerateNoiseReport,
                 NoiseAuditPanel):
         p.register(cls)

@@ -130,6 +130,8 @@ class NoiseAuditPanel(foo.Panel):
         lines = [f"**{s['n_samples']}** samples audited on `{s['label_field']}` ({len(s['classes'])} classes){acc}. "
                  f"cleanlab estimates **{s['num_label_issues']}** label errors ({share:.1%}); "
                  f"**{s['n_flagged']}** samples flagged as suspects.",
+                 "The corruption score is the estimated probability that the given label is wrong "
+                 "(0.7: about seven in ten labels scored so are wrong).",
                  f"Backbone `{s['backbone']}`, influence by `{s['influence_method']}`."]
         if s["truth_field"]:
             m = s["metrics"]["corruption_score"]

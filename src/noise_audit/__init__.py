@@ -13,18 +13,24 @@ Public API::
 # FiftyOne first: importing it after dask (a pyDVL dependency) fails with
 # importlib-metadata>=8 (see pyproject.toml).
 import fiftyone  # noqa: F401, I001
+import warnings as _warnings
 
-from .audit import AuditResults, __version__, audit
-from .data import load_image_folder
-from .errors import NoiseAuditError
-from .explain import most_influential
-from .metrics import detection_metrics, evaluate
-from .noise import inject_label_noise
-from .report import label_error_rate, report
-from .run import audit_fields, delete_audit, list_audits, load_audit
+# pyDVL's import announces deprecations inside pyDVL itself (FutureWarnings from
+# its own decorators) that no caller can act on: ignored during this import only
+# (the filters are restored after it), from those modules only.
+with _warnings.catch_warnings():
+    _warnings.filterwarnings("ignore", category=FutureWarning, module=r"(pydvl|deprecate)(\.|$)")
+    from .audit import AuditResults, __version__, audit
+    from .data import load_image_folder
+    from .errors import NoiseAuditError
+    from .explain import most_influential
+    from .metrics import detection_metrics, evaluate
+    from .noise import inject_label_noise, remove_label_noise
+    from .report import label_error_rate, report
+    from .run import audit_fields, delete_audit, list_audits, load_audit
 
 __all__ = [
     "AuditResults", "NoiseAuditError", "__version__", "audit", "audit_fields",
     "delete_audit", "detection_metrics", "evaluate", "inject_label_noise", "label_error_rate",
-    "list_audits", "load_audit", "load_image_folder", "most_influential", "report",
+    "list_audits", "load_audit", "load_image_folder", "most_influential", "remove_label_noise", "report",
 ]

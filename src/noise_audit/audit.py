@@ -16,7 +16,6 @@ Design for scoring every sample, held-out ones too:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
@@ -26,50 +25,20 @@ from . import features as feats
 from . import finetune
 from . import head as heads
 from . import influence as infl
-from . import distributed, pipeline, scores
+from . import distributed, pipeline, scores, validation
 from .blocks import Blocks
 from .data import read_labels
 from .errors import NoiseAuditError
 from .fields import classification_doc
-from .run import audit_fields, check_key, write_audit
+from .run import AuditResults, audit_fields, check_key, write_audit  # noqa: F401 (AuditResults re-exported)
 
 __version__ = "0.1.0"
 DEFAULT_L2 = 3.0
 STAGES = ("features", "head", "cross_validation", "influence", "scores", "write")
 
 
-@dataclass
-class AuditResults:
-    """What an audit computed, per sample in the audited view's order."""
-
-    key: str
-    dataset: str
-    ids: np.ndarray
-    classes: list
-    labels: np.ndarray
-    is_test: np.ndarray
-    signals: dict  # name -> array (n,)
-    predictions: np.ndarray  # out-of-sample probabilities (n, C)
-    num_label_issues: int
-    config: dict
-    timings: dict = field(default_factory=dict)
-    history: dict = field(default_factory=dict)
-    features_computed: int = 0  # images run through the backbone (0: all from the feature cache)
-
-    @property
-    def corruption_score(self):
-        return self.signals["corruption_score"]
-
-    def suspicion(self):
-        """Each signal oriented so that higher = more suspicious (for evaluation)."""
-        s = self.signals
-        return {
-            "corruption_score": s["corruption_score"],
-            "average_influence": -s["average_influence"],
-            "self_influence": s["self_influence"],
-            "label_quality": -s["label_quality"],
-            "loss": s["loss"],
-        }
+# AuditResults is the FiftyOne run results class of an audit (see run.py); the
+# one na.audit returns is the one load_audit and dataset.load_run_results give.
 
 
 def _resolve_test(samples, data, test, seed):
@@ -215,27 +184,24 @@ def audit(
         raise NoiseAuditError("The view is empty: there is nothing to audit")
     dataset = samples._dataset
     check_key(dataset, key, overwrite)
-    if folds < 2:
-        raise NoiseAuditError("folds must be at least 2")
+    folds, seed = validation.folds(folds), validation.seed(seed)
+    batch_size = validation.integer(batch_size, "batch_size", 1)
+    if isinstance(backbone, str):  # a custom module's transform decides its input size
+        image_size = validation.image_size(image_size)
     if train_last_block:
         method = "nystroem" if method == "auto" else method
         if method not in BLOCK_METHODS:
             raise NoiseAuditError(f"With train_last_block, method must be one of {BLOCK_METHODS}, not {method!r}")
     elif method != "auto" and method not in infl.METHODS:
         raise NoiseAuditError(f"method must be 'auto' or one of {infl.METHODS}, not {method!r}")
-    if regularization != "auto":
-        try:
-            regularization = float(regularization)
-        except (TypeError, ValueError):
-            regularization = -1.0
-        if not regularization > 0:
-            raise NoiseAuditError("regularization must be a positive number or 'auto' (influence needs an invertible Hessian)")
+    regularization = validation.regularization(regularization)
     if client is not None and (train_last_block or method not in ("auto", "linear")):
         raise NoiseAuditError("client= runs the linear head's closed form on the workers: "
                               "use method 'auto' or 'linear' and no train_last_block")
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
+    validation.check_split(data.classes, data.labels, is_test)
     n_classes = len(data.classes)
     clock = _Clock(on_progress)
     t_start = time.perf_counter()
@@ -278,18 +244,10 @@ def audit(
 
     clock.start("scores")
     oos_probs = heads.softmax(oos_logits)
-    quality = scores.label_quality(y, oos_probs)
-    # Held-out losses are out-of-sample already: no leave-one-out correction.
-    loo = np.where(tr, scores.loo_loss(loss, self_infl, int(tr.sum())), loss)
-    score = scores.corruption_score(quality, loo, avg)
-    n_issues = scores.estimate_num_issues(y, oos_probs)
-    suspect = scores.flag_top(score, n_issues)
+    signals, n_issues, suspect = scores.audit_signals(y, is_test, oos_logits, out.clean_oos_logits, avg, self_infl,
+                                                      loss)
+    quality, score = signals["label_quality"], signals["corruption_score"]
     clock.stop()
-
-    signals = {
-        "average_influence": avg, "self_influence": self_infl, "label_quality": quality,
-        "loss": loss, "loo_loss": loo, "corruption_score": score,
-    }
     l2_scores, method_used = out.l2_scores, out.influence_method
     config = dict(
         label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
@@ -331,15 +289,15 @@ def audit(
         os.makedirs(os.path.dirname(results_doc["head"]["path"]), exist_ok=True)
         torch.save(head.state_dict(), results_doc["head"]["path"])
     timings = dict(clock.timings)
-    timings["total"] = round(time.perf_counter() - t_start, 4)
     config["timings"] = timings
-    write_audit(samples, key, data.ids.tolist(), values, config, results_doc)
-    clock.stop()
-    timings["write"] = clock.timings["write"]
+
+    def finish_timings():  # called by write_audit once the values are written, before the run is stored
+        clock.stop()
+        timings["write"] = clock.timings["write"]
+        timings["total"] = round(time.perf_counter() - t_start, 4)
+
+    results = write_audit(samples, key, data.ids.tolist(), values, config, results_doc, signals=signals,
+                          predictions=oos_probs, overwrite=overwrite, before_commit=finish_timings)
     if on_progress:
         on_progress("done", 1.0)
-    return AuditResults(
-        key=key, dataset=dataset.name, ids=data.ids, classes=data.classes, labels=y, is_test=is_test,
-        signals=signals, predictions=oos_probs, num_label_issues=n_issues, config=config,
-        timings=timings, history=history, features_computed=int(n_computed),
-    )
+    return results

@@ -15,6 +15,7 @@ import logging
 import sys
 import warnings
 
+from . import validation
 from .errors import NoiseAuditError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
@@ -85,11 +86,22 @@ def cmd_inject(args):
 
     ds = _load_dataset(args.dataset)
     out = inject_label_noise(_view(ds, args.tags), args.label_field, args.fraction, args.seed,
-                             args.noisy_field, args.flag_field, args.strategy)
+                             args.noisy_field, args.flag_field, args.strategy, args.influence_field,
+                             args.prediction_field)
     if args.json:
         return json.dumps(out, indent=2)
     return (f"flipped {out['num_flipped']} of {out['num_samples']} labels ({out['strategy']}); "
             f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
+
+
+def cmd_remove_noise(args):
+    from .noise import remove_label_noise
+
+    ds = _load_dataset(args.dataset)
+    out = remove_label_noise(ds, args.label_field, args.noisy_field, args.flag_field)
+    if args.json:
+        return json.dumps(out, indent=2)
+    return f"removed the injected fields {out['removed']}"
 
 
 def _check_gate_args(args):
@@ -155,7 +167,7 @@ def cmd_audit(args):
 
     ds = _load_dataset(args.dataset)
     view = _view(ds, args.tags)
-    reg = args.regularization if args.regularization == "auto" else float(args.regularization)
+    reg = args.regularization  # checked by _check_options: 'auto' or a positive float
     _check_gate_args(args)
     if args.report:  # bad report arguments fail before the audit writes anything
         check_out_dir(args.report)
@@ -206,15 +218,22 @@ def cmd_evaluate(args):
     names = ["corruption_score", "influence", "self_influence", "label_quality"]
     out = {n: evaluate(view, fields[n], args.truth_field) for n in names}
     out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
-                                                    label_field=config.label_field)["per_label"]
+                                                    label_field=config.label_field, cleaning=False)["per_label"]
     if args.json:
         return json.dumps(out, indent=2)
     rows = [[n] + [_fmt(out[n][k]) for k in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")] for n in names]
     labels = [[r["label"], r["n_clean"], r["n_flipped"], _fmt(r["mean_clean"]), _fmt(r["mean_flipped"])]
               for r in out["corruption_score"]["per_label"]]
+    cal, cl = out["corruption_score"]["calibration"], out["corruption_score"].get("cleaning") or {}
+    extra = [f"calibration: mean corruption score {cal['mean_score']:.4f} vs error rate {cal['error_rate']:.4f}, "
+             f"expected calibration error {cal['ece']:.4f}"]
+    if "none" in cl:
+        extra.append("held-out accuracy of the head refit without: " + ", ".join(
+            f"{name} {cl[k]:.4f}" for k, name in (("none", "nothing"), ("suspects", f"{cl['removed']['suspects']} suspects"),
+                                                  ("random", "as many random"), ("flipped", "the flipped"))))
     return "\n".join([
         _table(rows, ["signal", "AUROC", "AP", "P@k", "recall@10%"]),
-        "", "mean corruption score by given label",
+        "", *extra, "", "mean corruption score by given label",
         _table(labels, ["label", "clean", "flipped", "mean clean", "mean flipped"]),
     ])
 
@@ -247,8 +266,29 @@ def add_report_options(sp):
                          "(num_label_issues / n) is above RATE, e.g. 0.05; the report is written first")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``error: ...``, exit 2, like every bad input."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# Numeric options, checked by the library's rules under their option names before anything runs.
+_OPTION_RULES = {
+    "image_size": validation.image_size, "seed": validation.seed, "folds": validation.folds,
+    "fraction": validation.fraction, "regularization": validation.regularization,
+    "top_n": validation.count, "explain": validation.count,
+}
+
+
+def _check_options(args):
+    for dest, rule in _OPTION_RULES.items():
+        if getattr(args, dest, None) is not None:
+            setattr(args, dest, rule(getattr(args, dest), "--" + dest.replace("_", "-")))
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="noise-audit", description="Find mislabeled images in FiftyOne datasets.")
+    p = _Parser(prog="noise-audit", description="Find mislabeled images in FiftyOne datasets.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, func, help):
@@ -279,10 +319,22 @@ def build_parser():
     j.add_argument("--label-field", default="ground_truth")
     j.add_argument("--fraction", type=float, default=0.1)
     j.add_argument("--seed", type=int, default=0)
-    j.add_argument("--strategy", default="uniform", choices=["uniform", "pair", "influential"])
+    j.add_argument("--strategy", default="uniform", choices=["uniform", "pair", "confusion", "influential"],
+                   help="uniform: any other class; pair: each class to one partner; confusion: ambiguous samples to "
+                        "the wrong class an audit of the clean labels finds likeliest; influential: the samples an "
+                        "audit of the clean labels finds most helpful")
+    j.add_argument("--influence-field", help="influential: the clean audit's KEY_influence field (default: the only one)")
+    j.add_argument("--prediction-field", help="confusion: the clean audit's KEY_prediction field (default: the only one)")
     j.add_argument("--tags", nargs="+", help="flip only samples with these tags (e.g. train)")
     j.add_argument("--noisy-field")
     j.add_argument("--flag-field", default="label_flipped")
+
+    rn = add("remove-noise", cmd_remove_noise,
+             "Undo 'inject': delete the noisy copy and the flag field it wrote, and nothing else.")
+    rn.add_argument("--dataset", required=True)
+    rn.add_argument("--label-field", default="ground_truth", help="the clean labels (names the default --noisy-field)")
+    rn.add_argument("--noisy-field", help="default: LABEL_FIELD_noisy")
+    rn.add_argument("--flag-field", default="label_flipped")
 
     a = add("audit", cmd_audit, "Audit a dataset's labels and write scores into it.")
     a.add_argument("--dataset", required=True)
@@ -354,15 +406,57 @@ def _logs_to_stderr():
             handler.setStream(sys.stderr)
 
 
+class _OurMessages(logging.Handler):
+    """noise_audit's log records of level WARNING and up, one line each
+    (``warning: ...``), on whatever ``sys.stderr`` is when they come."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+
+
+def _not_mongodb_notice(record):
+    return not str(record.msg).startswith("You are running the oldest supported major version of MongoDB")
+
+
+def _not_nanny_shutdown(record):
+    return not str(record.msg).startswith("Worker process still alive after")
+
+
+def _quiet_dependencies():
+    """stderr holds our progress bars and messages only.
+
+    Each filter names one source: pyDVL's deprecation notices about its own
+    internals (those at import time are filtered where noise_audit imports
+    it), FiftyOne's notice that the embedded MongoDB is the oldest supported
+    version (it asks nothing of the user), and Dask's note that it killed a
+    worker of our ``--dask local:N`` cluster that was slow to stop when the
+    command ended. Our own warnings (e.g.
+    an unusable feature cache) are one line each, ``warning: ...``.
+    """
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(pydvl|deprecate)(\.|$)")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydvl(\.|$)")
+    logging.getLogger("fiftyone.core.odm.database").addFilter(_not_mongodb_notice)  # once: filters are a set
+    logging.getLogger("distributed.nanny").addFilter(_not_nanny_shutdown)
+    ours = logging.getLogger("noise_audit")
+    if not any(isinstance(h, _OurMessages) for h in ours.handlers):
+        ours.addHandler(_OurMessages())
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    # Deprecation chatter of dependencies (pyDVL's decorators) is noise to users.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="pydvl")
+    _quiet_dependencies()
     stdout = sys.stdout
     _logs_to_stderr()
     try:
+        _check_options(args)
         with contextlib.redirect_stdout(_StderrProxy()):
+            if args.command != "plugin":  # reach (or start) the database safely when commands start together
+                from .db import connect
+
+                connect()
             result = args.func(args)
     except NoiseAuditError as e:
         print(f"error: {e}", file=sys.stderr)

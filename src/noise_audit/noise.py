@@ -1,11 +1,17 @@
 """Inject label flips with known truth, to measure how well audits find them.
 
-Three strategies:
+Four strategies:
 
 - ``uniform``: ``fraction`` of the samples, chosen at random, get a random other
   class (symmetric noise).
 - ``pair``: class-conditional noise; classes are paired in a seeded cycle
   ``a -> b`` and ``fraction`` of each class is flipped to its partner.
+- ``confusion``: instance-dependent noise that looks like human mistakes: a
+  sample is chosen with probability proportional to how likely a reference
+  model (the out-of-sample predictions of an audit of the clean labels, field
+  ``{key}_prediction``) finds its most likely *wrong* class, and gets that
+  class. Ambiguous images are mislabeled more often, and always as what
+  they resemble.
 - ``influential``: the seed notebook's adversarial choice: per class, the
   ``fraction`` of samples with the highest average influence from an earlier
   audit get a random other class. These are the samples the model leans on most,
@@ -18,9 +24,10 @@ import numpy as np
 
 import fiftyone as fo
 
+from . import validation
 from .data import read_labels
 from .errors import NoiseAuditError
-from .fields import check_writable, declare_field, is_own_field, write_values
+from .fields import check_writable, dataset_lock, declare_field, field_info, has_role, is_own_field, write_values
 from .flips import STRATEGIES, choose_flips
 
 
@@ -31,6 +38,7 @@ def _find_influence_field(dataset):
         if n.endswith("_influence")
         and not n.endswith("_self_influence")
         and is_own_field(dataset, n)
+        and not n.startswith(("noise_audit_tmp_", "noise_audit_old_"))  # an audit being written
     ]
     if len(fields) != 1:
         raise NoiseAuditError(
@@ -38,6 +46,101 @@ def _find_influence_field(dataset):
             f"influence_field= (candidates: {fields})"
         )
     return fields[0]
+
+
+NOISY_ROLE, FLAG_ROLE = "noise:noisy", "noise:flag"  # info.role of the two fields an injection writes
+
+
+def _legacy_noisy(info, field):  # written before roles: the copy is a Classification field
+    return "source_field" in info and getattr(field, "document_type", None) is fo.Classification
+
+
+def _legacy_flag(info, field):
+    return "source_field" in info and isinstance(field, fo.BooleanField)
+
+
+def check_targets(dataset, label_field, noisy_field, flag_field):
+    """Raises unless ``noisy_field`` and ``flag_field`` are two fields an
+    injection may write: absent, or written by an injection for that same
+    purpose (never a user's field, an audit's, or the other one's)."""
+    if noisy_field == label_field or flag_field == label_field:
+        raise NoiseAuditError("noisy_field and flag_field must differ from label_field")
+    if noisy_field == flag_field:
+        raise NoiseAuditError(f"noisy_field and flag_field must be two different fields, not both {noisy_field!r}")
+    check_writable(dataset, [noisy_field], role=NOISY_ROLE, legacy=_legacy_noisy)
+    check_writable(dataset, [flag_field], role=FLAG_ROLE, legacy=_legacy_flag)
+
+
+def injected_fields(dataset):
+    """``{noisy field: its flag field}`` of the injections present on ``dataset``."""
+    out = {}
+    for name in dataset.get_field_schema():
+        if has_role(dataset, name, NOISY_ROLE, _legacy_noisy):
+            out[name] = field_info(dataset, name).get("flag_field", "label_flipped")
+    return out
+
+
+def remove_label_noise(samples, label_field="ground_truth", noisy_field=None, flag_field="label_flipped"):
+    """Undoes :func:`inject_label_noise`: deletes the noisy copy and the flag
+    field it wrote, and nothing else.
+
+    Refuses (before deleting anything) unless both fields exist and were
+    written by an injection as, respectively, the noisy copy and the flag, and
+    as one pair. An injection that replaced an earlier one into the same
+    fields cannot bring that earlier one back: the fields are removed.
+
+    Args:
+        samples: the dataset (or a view of it) injected into.
+        label_field: the clean label field the injection copied (names the
+            default ``noisy_field``).
+        noisy_field: the noisy copy (default ``f"{label_field}_noisy"``).
+        flag_field: the flag field.
+
+    Returns:
+        ``{"removed": [noisy_field, flag_field]}``
+    """
+    dataset = samples._dataset
+    noisy_field = noisy_field or f"{label_field}_noisy"
+    if noisy_field == flag_field:
+        raise NoiseAuditError(f"noisy_field and flag_field must be two different fields, not both {noisy_field!r}")
+    with dataset_lock(dataset):
+        schema = dataset.get_field_schema()
+        missing = [n for n in (noisy_field, flag_field) if n not in schema]
+        if missing:
+            raise NoiseAuditError(f"No injected label noise to remove: fields {missing} do not exist")
+        wrong = [n for n, role, legacy in ((noisy_field, NOISY_ROLE, _legacy_noisy), (flag_field, FLAG_ROLE, _legacy_flag))
+                 if not has_role(dataset, n, role, legacy)]
+        if wrong:
+            raise NoiseAuditError(f"Fields {wrong} were not written by inject_label_noise as the noisy copy and the "
+                                  "flag (in that order); nothing removed")
+        noisy_info, flag_info = field_info(dataset, noisy_field), field_info(dataset, flag_field)
+        if noisy_info.get("flag_field", flag_field) != flag_field or flag_info.get("noisy_field", noisy_field) != noisy_field:
+            raise NoiseAuditError(f"{noisy_field!r} and {flag_field!r} were written by two different injections "
+                                  f"({noisy_field!r} goes with {noisy_info.get('flag_field')!r}); nothing removed")
+        dataset.delete_sample_fields([noisy_field, flag_field])
+    return {"removed": [noisy_field, flag_field]}
+
+
+def _reference_probs(dataset, samples, prediction_field, all_classes):
+    """Out-of-sample class probabilities of an earlier audit, in ``all_classes`` order."""
+    from scipy.special import softmax
+
+    if prediction_field is None:
+        found = [n for n in dataset.get_field_schema() if n.endswith("_prediction") and is_own_field(dataset, n)
+                 and not n.startswith(("noise_audit_tmp_", "noise_audit_old_"))]
+        if len(found) != 1:
+            raise NoiseAuditError("strategy='confusion' needs the out-of-sample predictions of an audit of the clean "
+                                  f"labels: pass prediction_field= (candidates: {found})")
+        prediction_field = found[0]
+    preds = samples.values(prediction_field)
+    if any(p is None or p.logits is None for p in preds):
+        raise NoiseAuditError(f"{prediction_field!r} has no logits for some samples: audit the clean labels first")
+    audit_classes = dataset.get_field(prediction_field).info.get("classes") or sorted(all_classes)
+    missing = [c for c in all_classes if c not in audit_classes]
+    if missing or len(audit_classes) != len(preds[0].logits):
+        raise NoiseAuditError(f"{prediction_field!r} was computed for other classes than {all_classes}")
+    logits = np.array([p.logits for p in preds], dtype=float)[:, [audit_classes.index(c) for c in all_classes]]
+    return softmax(logits, axis=1)
 
 
 def inject_label_noise(
@@ -49,6 +152,7 @@ def inject_label_noise(
     flag_field="label_flipped",
     strategy="uniform",
     influence_field=None,
+    prediction_field=None,
 ):
     """Writes a copy of the labels with a known share of them flipped.
 
@@ -60,27 +164,30 @@ def inject_label_noise(
     Args:
         samples: a FiftyOne dataset or view; flips happen only inside it.
         label_field: the clean ``fo.Classification`` field.
-        fraction: share of ``samples`` to flip, in ``[0, 1)``.
+        fraction: share of ``samples`` to flip, a number in ``[0, 1)``; a
+            string such as ``"0.1"`` is an error, not converted.
         seed: random seed; injection is deterministic for a seed.
         noisy_field: where the noisy copy goes.
         flag_field: boolean field: was this sample's label flipped?
-        strategy: ``"uniform"``, ``"pair"`` or ``"influential"``.
+        strategy: ``"uniform"``, ``"pair"``, ``"confusion"`` or ``"influential"``.
         influence_field: for ``influential``, the average-influence field of an
             earlier audit (found automatically when there is just one).
+        prediction_field: for ``confusion``, the out-of-sample prediction field
+            (``{key}_prediction``, with logits) of an earlier audit of the
+            clean labels (found automatically when there is just one).
 
     Returns:
         a dict with the field names, the number flipped and the flipped ids.
     """
     if strategy not in STRATEGIES:
         raise NoiseAuditError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
-    if not 0 <= fraction < 1:
-        raise NoiseAuditError(f"fraction must be in [0, 1), not {fraction}")
+    fraction, seed = validation.fraction(fraction), validation.seed(seed)
     noisy_field = noisy_field or f"{label_field}_noisy"
     if noisy_field == label_field or flag_field == label_field:
         raise NoiseAuditError("noisy_field and flag_field must differ from label_field")
     data = read_labels(samples, label_field)
     dataset = samples._dataset
-    check_writable(dataset, [noisy_field, flag_field])
+    check_targets(dataset, label_field, noisy_field, flag_field)
 
     influence = None
     if strategy == "influential":
@@ -93,16 +200,20 @@ def inject_label_noise(
     # Index classes over the whole dataset, so flips can reach classes absent here.
     remap = np.array([all_classes.index(c) for c in data.classes])
     labels = remap[data.labels]
-    idx, new = choose_flips(labels, len(all_classes), fraction, strategy, seed, influence)
+    reference = _reference_probs(dataset, samples, prediction_field, all_classes) if strategy == "confusion" else None
+    idx, new = choose_flips(labels, len(all_classes), fraction, strategy, seed, influence, reference)
 
     all_ids, all_labels = dataset.values(["id", label_field])
     noisy = {i: (lab.copy() if lab is not None else None) for i, lab in zip(all_ids, all_labels)}
     for i, c in zip(idx, new):
         noisy[data.ids[i]].label = all_classes[c]
     flipped_ids = set(data.ids[idx].tolist())
-    info = dict(source_field=label_field, strategy=strategy, fraction=fraction, seed=seed)
-    declare_field(dataset, noisy_field, fo.EmbeddedDocumentField, fo.Classification, **info)
-    declare_field(dataset, flag_field, fo.BooleanField, **info)
+    info = dict(source_field=label_field, strategy=strategy, fraction=fraction, seed=seed,
+                noisy_field=noisy_field, flag_field=flag_field)
+    with dataset_lock(dataset):  # schema changes one process at a time, from the stored schema
+        check_targets(dataset, label_field, noisy_field, flag_field)
+        declare_field(dataset, noisy_field, fo.EmbeddedDocumentField, fo.Classification, role=NOISY_ROLE, **info)
+        declare_field(dataset, flag_field, fo.BooleanField, role=FLAG_ROLE, **info)
     write_values(dataset, noisy_field, list(noisy), list(noisy.values()))
     write_values(dataset, flag_field, all_ids, [i in flipped_ids for i in all_ids])
     return {

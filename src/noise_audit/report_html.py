@@ -218,8 +218,9 @@ def _scores(s, figs):
     return "".join([
         '<p class="lead">Average influence of a training sample is the mean change of held-out loss when it is '
         "up-weighted (positive = it helps). Mislabeled samples tend to sit in the negative tail, but the seed notebook's "
-        "lesson holds: on its own it is a weak detector. The corruption score combines it with two out-of-sample "
-        f"estimates of the given label's probability; {cut}</p>",
+        "lesson holds: on its own it is a weak detector. The corruption score combines it with the out-of-sample "
+        "loss of folds refit without the first suspects, and reads as the <b>estimated probability that the given "
+        f"label is wrong</b> (0.7: seven in ten such labels are wrong); {cut}</p>",
         plot(figs["influence_by_label"], "average influence by label"),
         table(["given label", "training samples", "mean influence", "median", "min", "max"], rows),
         plot(figs["corruption_histogram"], "corruption score histogram"),

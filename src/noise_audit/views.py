@@ -29,7 +29,7 @@ from .run import audit_fields, load_audit
 
 # The signals a histogram or a metric row can show, with how to read them.
 SIGNALS = {
-    "corruption_score": "corruption score (high = suspicious)",
+    "corruption_score": "corruption score (estimated probability that the given label is wrong)",
     "influence": "average influence (low = suspicious)",
     "self_influence": "self-influence (high = suspicious)",
     "label_quality": "cleanlab label quality (low = suspicious)",
