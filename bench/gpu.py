@@ -138,16 +138,12 @@ def run_audit(args, lib, paths, labels, is_test, n_classes, device, backbone):
     out = lib.pipeline.linear_signals(blocks, x.shape[1], n_classes, args.l2, args.folds, clock, device=device)
     clock.start("scores")
     oos = lib.head.softmax(out.oos_logits)
-    quality = lib.scores.label_quality(labels, oos)
-    tr = ~is_test
-    loo = np.where(tr, lib.scores.loo_loss(out.loss, out.self_influence, tr.sum()), out.loss)
-    score = lib.scores.corruption_score(quality, loo, out.average_influence)
-    n_issues = lib.scores.estimate_num_issues(labels, oos)
+    signals, n_issues, _ = lib.scores.audit_signals(labels, is_test, out.oos_logits, out.clean_oos_logits,
+                                                    out.average_influence, out.self_influence, out.loss)
+    signals.pop("ranking")
     clock.stop()
     timings = dict(clock.timings)
     timings["total"] = round(sum(timings.values()), 4)
-    signals = {"corruption_score": score, "average_influence": out.average_influence,
-               "self_influence": out.self_influence, "label_quality": quality, "loss": out.loss, "loo_loss": loo}
     extras = {"num_label_issues": n_issues, "test_accuracy": float((out.test_pred == labels[is_test]).mean()),
               "n_parameters": int(n_classes * (x.shape[1] + 1)),
               "head_lbfgs_chunks": len(out.history["train_loss"]), "head_grad_norm": out.history["grad_norm"],
