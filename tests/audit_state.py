@@ -5,7 +5,7 @@ sample, declared or not), the schema with each field's info, every run with
 its config and results, and what no run links to (run documents of the
 dataset, result files of ours): the things an interrupted write could leave.
 Values that differ on every write by design are left out: timestamps
-(``last_modified_at``, timings), the ids of embedded label documents, the
+(``last_modified_at``, timings, how many features were computed rather than read from the cache), the ids of embedded label documents, the
 write's token and writer.
 """
 
@@ -45,7 +45,9 @@ def state(ds):
     for key in ds.list_runs():
         cfg = {k: v for k, v in ds.get_run_info(key).config.serialize().items() if k not in ("timings", "token")}
         res = ds.load_run_results(key, cache=False, load_view=False)
-        runs[key] = (cfg, None if res is None else {k: v for k, v in res.serialize().items() if k != "cls"})
+        # features_computed counts images the backbone ran on (not from the cache): bookkeeping like timings
+        runs[key] = (cfg, None if res is None else {k: v for k, v in res.serialize().items()
+                                                    if k not in ("cls", "features_computed")})
     linked = [ds._doc.runs[k].id for k in ds.list_runs()]
     stray_docs = db.runs.count_documents({"_dataset_id": ds._doc.id, "_id": {"$nin": linked}})
     referenced = {d.get("results") for d in db.runs.find({}, {"results": 1})}
