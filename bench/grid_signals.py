@@ -15,7 +15,6 @@ on the tuning cells without recomputing the heads.
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 

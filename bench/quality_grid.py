@@ -20,13 +20,11 @@ error <= 0.05 (10 bins) and |mean score - error rate| <= 0.03 per data set.
     python bench/quality_grid.py
 """
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, ROOT, machine, table, write_json
+from _common import ROOT, machine, table, write_json
 
 GRID = ROOT / ".cache" / "grid"
 DATA = ("pair224", "ten64", "cifar32")
