@@ -133,10 +133,14 @@ def test_summary_numbers_are_the_audits_and_evaluates(seed):
     assert s["overview"]["label_error_rate"] == results.num_label_issues / 1100
     fields = na.audit_fields("noise_audit")
     for name, suffix in SIGNALS.items():
-        expected = na.evaluate(ds, fields[suffix], "label_flipped", label_field="ground_truth_noisy")
+        expected = na.evaluate(ds, fields[suffix], "label_flipped", label_field="ground_truth_noisy", cleaning=False)
         assert s["truth"]["metrics"][name] == expected
         plain = na.evaluate(ds, fields[suffix], "label_flipped")
+        cleaning = plain.pop("cleaning", None)  # the report shows it once, in the Truth section
         assert {k: s["truth"]["metrics"][name][k] for k in plain} == plain
+        if name == "corruption_score":
+            assert cleaning == s["truth"]["cleaning"] and cleaning["suspects"] >= cleaning["random"]
+            assert s["truth"]["calibration"] == plain["calibration"]
     assert s["truth"]["n_flipped"] == 100
     # the page prints those numbers (rounded) from the same summary
     page = (seed["out"] / "report.html").read_text()
