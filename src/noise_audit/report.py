@@ -61,9 +61,9 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-import fiftyone as fo
 
 from . import report_plots as plots
+from . import validation
 from .errors import NoiseAuditError
 from .metrics import LOW_IS_SUSPICIOUS, calibration, evaluate, pr_curve
 from .run import audit_fields, load_audit
@@ -107,15 +107,7 @@ def check_truth_field(samples, truth_field):
     """Raises unless ``truth_field`` is a boolean field with both values in ``samples``."""
     if truth_field is None:
         return
-    schema = samples.get_field_schema()
-    if truth_field not in schema:
-        bools = sorted(n for n, f in schema.items() if isinstance(f, fo.BooleanField))
-        raise NoiseAuditError(f"Truth field {truth_field!r} not found; boolean fields here: {bools}")
-    if not isinstance(schema[truth_field], fo.BooleanField):
-        raise NoiseAuditError(
-            f"Truth field {truth_field!r} is a {type(schema[truth_field]).__name__}, not a BooleanField "
-            "(True = the label is wrong)"
-        )
+    validation.truth_field(samples, truth_field)
     counts = samples.count_values(truth_field)
     if not counts.get(True) or not counts.get(False):
         raise NoiseAuditError(
