@@ -69,9 +69,9 @@ def pearson(a, b):
 
 def reference(ds, key):
     """pyDVL DirectInfluence on the audit's head and features: ``(average, self)`` influence in view order."""
-    from noise_audit import explain
-    from noise_audit import influence as infl
-    from noise_audit.run import load_audit
+    from noise_audit.core import explain
+    from noise_audit.core import influence as infl
+    from noise_audit.store.runs import load_audit
 
     config, results = load_audit(ds, key)
     bb, head = explain._audit_model(config, results)

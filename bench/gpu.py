@@ -5,19 +5,19 @@ session, machine start included), which also runs on a CPU at small n (that is
 how ``tests/test_bench.py`` checks it). It runs what ``na.audit`` runs, through
 the same functions, on one device (``device="cuda"``):
 
-1. **features**: ``noise_audit.features.extract_features`` (images decoded and
+1. **features**: ``noise_audit.core.features.extract_features`` (images decoded and
    resized by DataLoader worker processes, EfficientNet-Lite0 with ImageNet
    weights on the device) at ``--image-size`` (224 px by default);
 2. the standardisation, the folds and **head, cross-validation and
-   influence**: ``noise_audit.pipeline.linear_signals`` on
-   ``noise_audit.blocks.Blocks`` held on the device (the linear head's closed
+   influence**: ``noise_audit.core.pipeline.linear_signals`` on
+   ``noise_audit.core.blocks.Blocks`` held on the device (the linear head's closed
    forms: exact average influence by Cholesky or EK-FAC-preconditioned CG,
    EK-FAC self-influence above 6,000 parameters);
-3. **scores**: ``noise_audit.scores`` (cleanlab label quality, leave-one-out
+3. **scores**: ``noise_audit.core.scores`` (cleanlab label quality, leave-one-out
    loss, corruption score, estimated number of issues).
 
 Flips: 10% uniform flips of the training labels by
-``noise_audit.flips.choose_flips`` (what ``na.inject_label_noise`` uses);
+``noise_audit.core.flips.choose_flips`` (what ``na.inject_label_noise`` uses);
 detection quality of the score and each single signal against them. What is
 not run: reading labels from FiftyOne and writing the fields (the GPU machine
 has no MongoDB), so the ``write`` stage is missing from the total.
@@ -62,7 +62,8 @@ def library():
         pkg = types.ModuleType("noise_audit")
         pkg.__path__ = [str(ROOT / "src" / "noise_audit")]
         sys.modules["noise_audit"] = pkg
-    from noise_audit import blocks, features, flips, head, metrics, pipeline, scores
+    from noise_audit.core import blocks, features, flips, head, pipeline, scores
+    from noise_audit import metrics
 
     return types.SimpleNamespace(blocks=blocks, features=features, flips=flips, head=head, metrics=metrics,
                                  pipeline=pipeline, scores=scores)
@@ -200,7 +201,7 @@ def main():
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
-    p.add_argument("--l2", type=float, default=3.0, help="the library's default (noise_audit.audit.DEFAULT_L2)")
+    p.add_argument("--l2", type=float, default=3.0, help="the library's default (noise_audit.core.auditing.DEFAULT_L2)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fraction", type=float, default=0.1, help="uniform flips of the training labels")
     p.add_argument("--seed", type=int, default=0)

@@ -40,7 +40,7 @@ def tiny_files(classes):
 
 def load(data):
     """``(raw features, clean labels, is_test, classes)`` of a grid data set."""
-    from noise_audit import features as feats
+    from noise_audit.core import features as feats
 
     if data == "pair224":
         classes, size = list(SEED_CLASSES), 224
@@ -63,9 +63,9 @@ def load(data):
 def run_cell(raw, y, is_test, n_classes, seed, folds=5, flipped=None):
     """Every per-sample array of an audit of labels ``y``: the library's stages
     (``pipeline.linear_signals``, ``scores.audit_signals``) on in-memory features."""
-    from noise_audit import features as feats, pipeline, scores
-    from noise_audit.audit import DEFAULT_L2, _Clock
-    from noise_audit.blocks import Blocks
+    from noise_audit.core import features as feats, pipeline, scores
+    from noise_audit.core.auditing import DEFAULT_L2, _Clock
+    from noise_audit.core.blocks import Blocks
 
     mean, std = feats.standardization(raw, rows=~is_test)
     x = np.subtract(raw, mean, dtype=np.float64) / std
@@ -77,7 +77,7 @@ def run_cell(raw, y, is_test, n_classes, seed, folds=5, flipped=None):
     cells = dict(l2=s.l2, oos_logits=s.oos_logits, clean_oos_logits=s.clean_oos_logits, test_pred=s.test_pred,
                  num_issues=num_issues, suspect=suspect, seconds=sum(clock.timings.values()), **signals)
     if flipped is not None:  # what cleaning buys: remove as many as there are suspects, three ways
-        from noise_audit.cleaning import random_removal, refit_accuracy
+        from noise_audit.core.cleaning import random_removal, refit_accuracy
 
         top = suspect & ~is_test
         removals = {"suspects": top, "random": random_removal(~is_test, int(top.sum()), seed),
@@ -98,7 +98,7 @@ def neighbours(raw, is_test, k=20):
     """Each sample's ``k`` nearest neighbours (cosine, standardised features), itself excluded."""
     from sklearn.neighbors import NearestNeighbors
 
-    from noise_audit import features as feats
+    from noise_audit.core import features as feats
 
     mean, std = feats.standardization(raw, rows=~is_test)
     x = (raw - mean) / std
@@ -115,7 +115,7 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--redo", action="store_true", help="recompute cells already stored")
     args = p.parse_args()
-    from noise_audit.flips import choose_flips
+    from noise_audit.core.flips import choose_flips
 
     for data in args.data:
         t = time.perf_counter()

@@ -36,9 +36,9 @@ def main():
     args = p.parse_args()
     require_data()
     import noise_audit as na
-    from noise_audit import features, head as heads, influence as infl
-    from noise_audit.audit import DEFAULT_L2
-    from noise_audit.data import read_labels
+    from noise_audit.core import features, head as heads, influence as infl
+    from noise_audit.core.auditing import DEFAULT_L2
+    from noise_audit.core.data import read_labels
 
     ds = na.load_image_folder(TINY, name="bench-influence-speed", overwrite=True, classes=SEED_CLASSES)
     na.inject_label_noise(ds.match_tags("train"), fraction=0.1, seed=0)

@@ -135,7 +135,7 @@ class Scenario:
 
     def in_sample_logits(self, results, audit_kwargs, seed):
         """The audit head's in-sample logits, rebuilt from its run results and the feature cache."""
-        from noise_audit import features, head as heads
+        from noise_audit.core import features, head as heads
 
         doc = self.ds.load_run_results(KEY, load_view=False)
         name, weights = audit_kwargs.get("backbone", "efficientnet_lite0"), audit_kwargs.get("weights")

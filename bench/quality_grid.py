@@ -57,7 +57,7 @@ def cell_metrics(c):
 def rescore(stored):
     """The stored arrays, with the signals recomputed by this checkout's ``scores``
     (so a stored cell always shows the current method; the heads are not refit)."""
-    from noise_audit import scores
+    from noise_audit.core import scores
 
     c = dict(stored)
     signals, c["num_issues"], c["suspect"] = scores.audit_signals(

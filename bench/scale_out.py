@@ -8,9 +8,9 @@ uniformly (seed 0) and scored against the flips; every 6th row is held out.
 Each worker **generates its own blocks** from the 60k base features, so the
 features never pass through this process, as when a cluster computes them
 from images (``na.audit(..., client=...)`` does that through the same
-:class:`~noise_audit.blocks.Blocks`).
+:class:`~noise_audit.core.blocks.Blocks`).
 
-Then :func:`noise_audit.pipeline.linear_signals` (head, 5 folds, average and
+Then :func:`noise_audit.core.pipeline.linear_signals` (head, 5 folds, average and
 self-influence, as in an audit) runs on the workers. Reported: wall time per
 stage, each worker's peak resident memory, this process's, and detection
 quality of each signal.
@@ -45,7 +45,7 @@ class Clock:
 
 
 def base_features():
-    from noise_audit import features
+    from noise_audit.core import features
 
     root = cifar_root()
     tp, tl, _ = cifar_files(root, "train")
@@ -85,8 +85,8 @@ def main():
     from dask.distributed import Client, LocalCluster
 
     import noise_audit as na
-    from noise_audit import features, pipeline
-    from noise_audit.blocks import BLOCK_ROWS, Blocks
+    from noise_audit.core import features, pipeline
+    from noise_audit.core.blocks import BLOCK_ROWS, Blocks
 
     base, base_y = base_features()
     mean, scale = features.standardization(base)
@@ -112,7 +112,7 @@ def main():
     finally:
         client.close()
         cluster.close()
-    from noise_audit import scores
+    from noise_audit.core import scores
 
     quality = scores.label_quality(y, pipeline.heads.softmax(out.oos_logits))
     metrics = {

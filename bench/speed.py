@@ -90,8 +90,8 @@ def pearson(a, b):
 
 def seed_pair_model(seed=0, rate=0.1):
     """The seed pair's standardised features, noisy labels and trained head (as the audit builds them)."""
-    from noise_audit import features, head as heads
-    from noise_audit.audit import DEFAULT_L2
+    from noise_audit.core import features, head as heads
+    from noise_audit.core.auditing import DEFAULT_L2
     from noise_audit.noise import choose_flips
 
     paths, labels, is_test = [], [], []
@@ -118,7 +118,7 @@ def part_influence(repeats, seed_repeats, estimators):
     import torch.nn.functional as F
     from pydvl.influence.torch import CgInfluence
 
-    from noise_audit import head as heads, influence as infl
+    from noise_audit.core import head as heads, influence as infl
 
     head, l2, xtr, ytr, xte, yte = seed_pair_model()
 
@@ -172,7 +172,7 @@ def part_influence(repeats, seed_repeats, estimators):
 
 def part_stages(repeats):
     import noise_audit as na
-    from noise_audit import features
+    from noise_audit.core import features
 
     ds = na.load_image_folder(TINY, name="bench-speed-stages", overwrite=True, classes=SEED_CLASSES)
     n = len(ds)
@@ -244,8 +244,8 @@ def sklearn_baseline(view, image_size):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    from noise_audit import features
-    from noise_audit.data import read_labels
+    from noise_audit.core import features
+    from noise_audit.core.data import read_labels
 
     data = read_labels(view, "ground_truth")
     raw, _ = features.extract_features(data.filepaths, features.get_backbone(image_size=image_size), progress=False)
@@ -296,7 +296,7 @@ def growth_exponent(ns, values):
 
 
 def part_scaling(sizes, on_point=None):
-    from noise_audit import features
+    from noise_audit.core import features
 
     root = cifar_root()
     tp, _, _ = cifar_files(root, "train")

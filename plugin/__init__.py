@@ -12,15 +12,15 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import noise_audit as na
-from noise_audit import views as nav
-from noise_audit.data import classification_fields
+from noise_audit.app import views as nav
+from noise_audit.core.data import classification_fields
 from noise_audit.errors import NoiseAuditError
-from noise_audit.features import BACKBONES
-from noise_audit.influence import METHODS
+from noise_audit.core.features import BACKBONES
+from noise_audit.core.influence import METHODS
 from noise_audit.noise import STRATEGIES, check_targets, injected_fields
-from noise_audit.run import check_key, list_audits
+from noise_audit.store.runs import check_key, list_audits
 
-from .panel import NoiseAuditPanel
+from noise_audit.panel import NoiseAuditPanel
 
 PLUGIN = "@noise-audit/noise-audit"
 # Audits of views larger than this default to delegated execution: features of
@@ -310,7 +310,7 @@ class GenerateNoiseReport(foo.Operator):
         return types.Property(inputs, view=types.View(label="Generate noise report"))
 
     def execute(self, ctx):
-        from noise_audit.report import report
+        from noise_audit.reports.summary import report
 
         p = ctx.params
         summary = report(ctx.target_view(), p["key"], p["out_dir"], truth_field=p.get("truth_field") or None,

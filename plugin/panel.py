@@ -1,6 +1,6 @@
 """The ``noise_audit`` panel: an audit's histograms, metrics, suspects and explanations.
 
-All numbers come from :mod:`noise_audit.views` and :func:`noise_audit.most_influential`;
+All numbers come from :mod:`noise_audit.app.views` and :func:`noise_audit.most_influential`;
 the panel only lays them out and turns clicks into grid views.
 """
 
@@ -10,9 +10,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import noise_audit as na
-from noise_audit import views as nav
+from noise_audit.app import views as nav
 from noise_audit.errors import NoiseAuditError
-from noise_audit.run import list_audits
+from noise_audit.store.runs import list_audits
 
 PLUGIN = "@noise-audit/noise-audit"
 NO_TRUTH = "(none)"

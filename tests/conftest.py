@@ -86,7 +86,7 @@ def seed_dataset():
 @pytest.fixture(scope="session")
 def plugins_dir(tmp_path_factory):
     """A throw-away FiftyOne plugins directory with this repo's plugin installed."""
-    from noise_audit.plugin_install import install_plugin
+    from noise_audit.app.plugin_install import install_plugin
 
     root = tmp_path_factory.mktemp("plugins")
     install_plugin(root)

@@ -21,7 +21,7 @@ import pytest
 import fiftyone as fo
 
 import noise_audit as na
-from noise_audit import views as nav
+from noise_audit.app import views as nav
 
 from conftest import ROOT, TINY, requires_shared, unique_name
 

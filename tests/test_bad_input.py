@@ -15,7 +15,7 @@ from PIL import Image
 
 import noise_audit as na
 from noise_audit.cli import main
-from noise_audit.features import extract_features, get_backbone, to_rgb
+from noise_audit.core.features import extract_features, get_backbone, to_rgb
 
 FAST = dict(image_size=32, progress=False)
 
@@ -223,11 +223,11 @@ def test_evaluate_needs_a_boolean_truth_field(make_small_dataset):
 
 @pytest.fixture
 def feature_warnings():
-    """Records of noise_audit.features' logger (whatever the CLI did to propagation in this process)."""
+    """Records of noise_audit.core.features' logger (whatever the CLI did to propagation in this process)."""
     records = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
-    logger = logging.getLogger("noise_audit.features")
+    logger = logging.getLogger("noise_audit.core.features")
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import noise_audit as na
-from noise_audit.run import audit_fields
+from noise_audit.store.runs import audit_fields
 
 from audit_state import FAST, child_env
 
@@ -107,8 +107,8 @@ sys.exit(cli.main(sys.argv[2:]))
 HOLDER = """
 import sys, time
 from pathlib import Path
-import noise_audit.db
-noise_audit.db.connect()  # a client of the database until told to go
+import noise_audit.store.db
+noise_audit.store.db.connect()  # a client of the database until told to go
 release = Path(sys.argv[1])
 while not release.exists():
     time.sleep(0.01)
@@ -175,7 +175,7 @@ def test_commands_start_together_without_a_running_database(make_small_dataset, 
         assert json.loads(out)["num_flipped"] > 0
         assert not mongods[0].is_running()
         assert (db_dir / "WiredTiger").exists()  # the data went to the fresh directory
-        listed = _start(cli[:1] + ["-c", "import fiftyone as fo, noise_audit.db as d; d.connect(); "
+        listed = _start(cli[:1] + ["-c", "import fiftyone as fo, noise_audit.store.db as d; d.connect(); "
                                    "print(sorted(fo.list_datasets()))"], env, tmp_path / "list")
         out, err = _finish(listed)
         assert out.strip().splitlines()[-1] == "['first', 'second']", err[-2000:]

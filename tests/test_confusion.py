@@ -6,7 +6,7 @@ from scipy.special import softmax
 
 import noise_audit as na
 from noise_audit.errors import NoiseAuditError
-from noise_audit.flips import choose_flips
+from noise_audit.core.flips import choose_flips
 
 
 def test_confusion_flips_go_to_the_likeliest_wrong_class_and_prefer_ambiguous_samples():

@@ -2,7 +2,7 @@ import fiftyone as fo
 import pytest
 
 import noise_audit as na
-from noise_audit.data import read_labels
+from noise_audit.core.data import read_labels
 
 from conftest import FIXTURES, unique_name
 

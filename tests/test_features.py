@@ -12,8 +12,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 import noise_audit as na
-from noise_audit import features
-from noise_audit.features import extract_features, get_backbone
+from noise_audit.core import features
+from noise_audit.core.features import extract_features, get_backbone
 
 from conftest import FIXTURES
 
@@ -226,7 +226,7 @@ def test_leftovers_of_a_crash_are_ignored(bb64, reference, tmp_path):
 
 _CHILD = """
 import sys, numpy as np
-from noise_audit.features import extract_features, get_backbone
+from noise_audit.core.features import extract_features, get_backbone
 out, cache, workers, *paths = sys.argv[1:]
 f, n = extract_features(paths, get_backbone(image_size=64), batch_size=8, cache_dir=cache,
                         progress=False, num_workers=int(workers))
@@ -324,7 +324,7 @@ def test_standardization_in_chunks_of_picked_rows_equals_numpy(monkeypatch):
 
 def test_resnet18_never_falls_back_to_a_random_network_silently(tmp_path):
     """Without its ImageNet weights (no cache, no connection) ResNet18 is a clear error naming weights=PATH."""
-    code = ("import noise_audit.features as f\n"
+    code = ("import noise_audit.core.features as f\n"
             "try:\n    f.get_backbone('resnet18')\nexcept f.NoiseAuditError as e:\n    print('ERROR', e)\n"
             "else:\n    print('LOADED')\n")
     # an empty torch cache and a proxy nobody listens on: the download fails here and anywhere

@@ -3,7 +3,7 @@
 import numpy as np
 import fiftyone as fo
 
-from noise_audit.fields import classification_doc, declare_field, write_columns
+from noise_audit.store.fields import classification_doc, declare_field, write_columns
 
 from conftest import unique_name
 

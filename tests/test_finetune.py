@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import noise_audit as na
-from noise_audit.audit import build_backbone
+from noise_audit.core.auditing import build_backbone
 
 
 def test_last_block_head_reproduces_the_pretrained_network():

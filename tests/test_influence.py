@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from noise_audit import head as heads
-from noise_audit import influence as infl
+from noise_audit.core import head as heads
+from noise_audit.core import influence as infl
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import torch
 from pydvl.influence.torch.functional import hessian
 from sklearn.datasets import load_digits
 
-from noise_audit import head as heads
-from noise_audit import influence as infl
-from noise_audit import linear_influence as lin
+from noise_audit.core import head as heads
+from noise_audit.core import influence as infl
+from noise_audit.core import linear_influence as lin
 
 L2 = 0.1
 

@@ -1,8 +1,8 @@
 """The two ways through the head and influence stages give the same signals.
 
-:func:`noise_audit.pipeline.linear_signals` (closed forms on row blocks, in
+:func:`noise_audit.core.pipeline.linear_signals` (closed forms on row blocks, in
 this process or on Dask workers) against
-:func:`noise_audit.pipeline.reference_signals` (arrays, torch autograd, pyDVL's
+:func:`noise_audit.core.pipeline.reference_signals` (arrays, torch autograd, pyDVL's
 exact ``DirectInfluence``), on scikit-learn's digits (real 8x8 scans), float64.
 """
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from noise_audit import pipeline
-from noise_audit.blocks import Blocks
+from noise_audit.core import pipeline
+from noise_audit.core.blocks import Blocks
 
 L2, FOLDS = 0.3, 4
 NAMES = ("average_influence", "self_influence", "loss", "oos_logits")

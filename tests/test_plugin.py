@@ -20,8 +20,8 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError
 
 import noise_audit as na
-from noise_audit.audit import STAGES
-from noise_audit.plugin_install import INSTALL_NAME, install_plugin, plugin_source_dir, uninstall_plugin
+from noise_audit.core.auditing import STAGES
+from noise_audit.app.plugin_install import INSTALL_NAME, install_plugin, plugin_source_dir, uninstall_plugin
 
 PLUGIN = "@noise-audit/noise-audit"
 OPERATORS = ("inject_label_noise", "run_noise_audit", "evaluate_noise_audit", "delete_noise_audit", "generate_noise_report")

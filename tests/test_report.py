@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 import noise_audit as na
-from noise_audit.report import FILES, SIGNALS
-from noise_audit.report_html import SECTIONS
+from noise_audit.reports.summary import FILES, SIGNALS
+from noise_audit.reports.html import SECTIONS
 
 from conftest import TINY, requires_shared, unique_name
 from test_cli import cli

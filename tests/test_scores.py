@@ -10,7 +10,8 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import average_precision_score
 
-from noise_audit import metrics, scores
+from noise_audit import metrics
+from noise_audit.core import scores
 
 
 def _noisy_world(n=6000, c=4, rate=0.2, seed=0, sharpness=4.0):

@@ -20,14 +20,15 @@ import warnings as _warnings
 # (the filters are restored after it), from those modules only.
 with _warnings.catch_warnings():
     _warnings.filterwarnings("ignore", category=FutureWarning, module=r"(pydvl|deprecate)(\.|$)")
-    from .audit import AuditResults, __version__, audit
-    from .data import load_image_folder
-    from .errors import NoiseAuditError
-    from .explain import most_influential
-    from .metrics import detection_metrics, evaluate
-    from .noise import inject_label_noise, remove_label_noise
-    from .report import label_error_rate, report
-    from .run import audit_fields, delete_audit, list_audits, load_audit
+    from noise_audit._version import __version__
+    from noise_audit.core.auditing import AuditResults, audit
+    from noise_audit.core.data import load_image_folder
+    from noise_audit.errors import NoiseAuditError
+    from noise_audit.core.explain import most_influential
+    from noise_audit.metrics import detection_metrics, evaluate
+    from noise_audit.noise import inject_label_noise, remove_label_noise
+    from noise_audit.reports.summary import label_error_rate, report
+    from noise_audit.store.runs import audit_fields, delete_audit, list_audits, load_audit
 
 __all__ = [
     "AuditResults", "NoiseAuditError", "__version__", "audit", "audit_fields",

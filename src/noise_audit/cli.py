@@ -15,8 +15,8 @@ import logging
 import sys
 import warnings
 
-from . import validation
-from .errors import NoiseAuditError
+from noise_audit import validation
+from noise_audit.errors import NoiseAuditError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
 
@@ -63,7 +63,7 @@ def _view(dataset, tags):
 
 
 def cmd_demo(args):
-    from .demo import run_demo
+    from noise_audit.demo import run_demo
 
     out = run_demo(args.data, args.classes, args.fraction, args.strategy, args.seed, args.name,
                    args.backbone, args.method, args.image_size, progress=not args.json)
@@ -71,7 +71,7 @@ def cmd_demo(args):
 
 
 def cmd_import(args):
-    from .data import load_image_folder
+    from noise_audit.core.data import load_image_folder
 
     ds = load_image_folder(args.dir, name=args.name, overwrite=args.overwrite, classes=args.classes)
     out = {"dataset": ds.name, "n_samples": len(ds), "tags": ds.count_sample_tags(),
@@ -82,7 +82,7 @@ def cmd_import(args):
 
 
 def cmd_inject(args):
-    from .noise import inject_label_noise
+    from noise_audit.noise import inject_label_noise
 
     ds = _load_dataset(args.dataset)
     out = inject_label_noise(_view(ds, args.tags), args.label_field, args.fraction, args.seed,
@@ -95,7 +95,7 @@ def cmd_inject(args):
 
 
 def cmd_remove_noise(args):
-    from .noise import remove_label_noise
+    from noise_audit.noise import remove_label_noise
 
     ds = _load_dataset(args.dataset)
     out = remove_label_noise(ds, args.label_field, args.noisy_field, args.flag_field)
@@ -113,7 +113,7 @@ def _gate(view, key, fail_above, out):
     """Adds ``out["gate"]`` and returns the failure message, if the gate failed."""
     if fail_above is None:
         return None
-    from .report import label_error_rate
+    from noise_audit.reports.summary import label_error_rate
 
     gate = dict(label_error_rate(view, key), threshold=fail_above)
     gate["passed"] = gate["rate"] <= fail_above
@@ -141,7 +141,7 @@ def _finish(args, out, text, failure):
 
 
 def _report(view, key, args, out):
-    from .report import report
+    from noise_audit.reports.summary import report
 
     rep = report(view, key, args.report if args.command == "audit" else args.out, truth_field=args.truth_field,
                  top_n=args.top_n, n_explained=args.explain, progress=not args.json)
@@ -156,14 +156,14 @@ def _report(view, key, args, out):
 def _dask_client(spec):
     if not spec:
         return None
-    from .distributed import connect
+    from noise_audit.core.distributed import connect
 
     return connect(spec)
 
 
 def cmd_audit(args):
-    from .audit import audit
-    from .report import check_out_dir, check_truth_field
+    from noise_audit.core.auditing import audit
+    from noise_audit.reports.summary import check_out_dir, check_truth_field
 
     ds = _load_dataset(args.dataset)
     view = _view(ds, args.tags)
@@ -196,7 +196,7 @@ def cmd_audit(args):
 
 
 def cmd_report(args):
-    from .report import check_out_dir
+    from noise_audit.reports.summary import check_out_dir
 
     ds = _load_dataset(args.dataset)
     view = _view(ds, args.tags)
@@ -208,8 +208,8 @@ def cmd_report(args):
 
 
 def cmd_evaluate(args):
-    from .metrics import evaluate
-    from .run import audit_fields, load_audit
+    from noise_audit.metrics import evaluate
+    from noise_audit.store.runs import audit_fields, load_audit
 
     ds = _load_dataset(args.dataset)
     config, _ = load_audit(ds, args.key)
@@ -239,7 +239,7 @@ def cmd_evaluate(args):
 
 
 def cmd_plugin(args):
-    from . import plugin_install as pi
+    from noise_audit.app import plugin_install as pi
 
     if args.action == "path":
         out = {"plugin_dir": str(pi.plugin_source_dir())}
@@ -454,7 +454,7 @@ def main(argv=None):
         _check_options(args)
         with contextlib.redirect_stdout(_StderrProxy()):
             if args.command != "plugin":  # reach (or start) the database safely when commands start together
-                from .db import connect
+                from noise_audit.store.db import connect
 
                 connect()
             result = args.func(args)

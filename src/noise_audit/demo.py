@@ -11,11 +11,11 @@ import os
 
 import numpy as np
 
-from .audit import audit
-from .data import load_image_folder
-from .features import default_cache_dir
-from .metrics import detection_metrics
-from .noise import inject_label_noise
+from noise_audit.core.auditing import audit
+from noise_audit.core.data import load_image_folder
+from noise_audit.core.features import default_cache_dir
+from noise_audit.metrics import detection_metrics
+from noise_audit.noise import inject_label_noise
 
 BASELINES = ("average_influence", "self_influence", "label_quality", "loss")
 

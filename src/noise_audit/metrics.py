@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from . import validation
-from .errors import NoiseAuditError
+from noise_audit import validation
+from noise_audit.errors import NoiseAuditError
 
 # Signals where *low* values mark suspects; evaluate() flips their sign.
 LOW_IS_SUSPICIOUS = ("_influence", "_label_quality")
@@ -120,7 +120,7 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
         the metrics of :func:`detection_metrics`, plus ``per_label`` when
         ``label_field`` is given; for an audit's corruption score also
         ``calibration`` (:func:`calibration`) and ``cleaning``
-        (:func:`noise_audit.cleaning.audit_cleaning_gain`).
+        (:func:`noise_audit.core.cleaning.audit_cleaning_gain`).
     """
     if len(samples) == 0:
         raise NoiseAuditError("The view is empty")
@@ -152,7 +152,7 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
 
 def _audit_of_score(dataset, score_field):
     """The key of the audit whose corruption score ``score_field`` is, else None."""
-    from .fields import field_info, is_own_field
+    from noise_audit.store.fields import field_info, is_own_field
 
     info = field_info(dataset, score_field) or {}
     key = info.get("key")
@@ -163,11 +163,11 @@ def _audit_of_score(dataset, score_field):
 
 
 def _cleaning(samples, key, truth_field):
-    """What cleaning buys for audit ``key`` (see :mod:`noise_audit.cleaning`)."""
+    """What cleaning buys for audit ``key`` (see :mod:`noise_audit.core.cleaning`)."""
     import json
 
-    from .cleaning import audit_cleaning_gain
-    from .run import audit_fields, load_audit
+    from noise_audit.core.cleaning import audit_cleaning_gain
+    from noise_audit.store.runs import audit_fields, load_audit
 
     dataset = samples._dataset
     config, results = load_audit(dataset, key)

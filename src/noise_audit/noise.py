@@ -24,11 +24,11 @@ import numpy as np
 
 import fiftyone as fo
 
-from . import validation
-from .data import read_labels
-from .errors import NoiseAuditError
-from .fields import check_writable, dataset_lock, declare_field, field_info, has_role, is_own_field, write_values
-from .flips import STRATEGIES, choose_flips
+from noise_audit import validation
+from noise_audit.core.data import read_labels
+from noise_audit.errors import NoiseAuditError
+from noise_audit.store.fields import check_writable, dataset_lock, declare_field, field_info, has_role, is_own_field, write_values
+from noise_audit.core.flips import STRATEGIES, choose_flips
 
 
 def _find_influence_field(dataset):

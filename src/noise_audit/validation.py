@@ -17,7 +17,7 @@ import numbers
 
 import numpy as np
 
-from .errors import NoiseAuditError
+from noise_audit.errors import NoiseAuditError
 
 
 def _shown(value, name):

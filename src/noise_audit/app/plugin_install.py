@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fiftyone as fo
 
-from .errors import NoiseAuditError
+from noise_audit.errors import NoiseAuditError
 
 PLUGIN_NAME = "@noise-audit/noise-audit"
 INSTALL_NAME = "noise-audit"

@@ -7,7 +7,7 @@ and ``summary.json``; figures and images stay in the HTML page.
 
 from __future__ import annotations
 
-from .report_html import fnum
+from noise_audit.reports.html import fnum
 
 
 def _table(headers, rows):
@@ -20,7 +20,7 @@ def _table(headers, rows):
 
 
 def render_markdown(s):
-    """Markdown for the summary of :func:`noise_audit.report.report`."""
+    """Markdown for the summary of :func:`noise_audit.reports.summary.report`."""
     o, d, m, su, t, r = s["overview"], s["data"], s["model"], s["suspects"], s.get("truth"), s["run"]
     out = [
         f"# Noise audit: {o['dataset']} / {o['key']}",

@@ -5,7 +5,7 @@ equal):
 
 - :func:`linear_signals`, for the audit's linear head (``method="auto"`` or
   ``"linear"``): every pass over the samples is a block function on
-  :class:`~noise_audit.blocks.Blocks`, so the rows stay where they are, in
+  :class:`~noise_audit.core.blocks.Blocks`, so the rows stay where they are, in
   this process (or its GPU) or on Dask workers, and nothing larger than the
   features is ever built.
 - :func:`reference_signals`, for pyDVL's solvers and for a fine-tuned last
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import head as heads
-from . import scores
-from .blocks import Blocks
-from .linear_influence import LinearHeadInfluence, class_logits
+from noise_audit.core import head as heads
+from noise_audit.core import scores
+from noise_audit.core.blocks import Blocks
+from noise_audit.core.linear_influence import LinearHeadInfluence, class_logits
 
 
 @dataclass
@@ -104,7 +104,7 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
 def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method, clock,
                       make_head=None, progress=False, device=None):
     """The same stages with arrays, torch autograd and pyDVL's solvers."""
-    from . import influence as infl  # pyDVL: imported only on this path (the GPU benchmark has none)
+    from noise_audit.core import influence as infl  # pyDVL: imported only on this path (the GPU benchmark has none)
 
     tr, te = ~is_test, is_test
     splits = [(np.flatnonzero(folds_of != k), np.flatnonzero(folds_of == k)) for k in range(folds)]

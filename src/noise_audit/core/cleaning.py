@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import head as heads
-from .blocks import Blocks
-from .linear_influence import class_logits
+from noise_audit.core import head as heads
+from noise_audit.core.blocks import Blocks
+from noise_audit.core.linear_influence import class_logits
 
 
 def refit_accuracy(blocks: Blocks, n_features: int, n_classes: int, l2: float, removals: dict, init=None,
@@ -69,9 +69,9 @@ def audit_cleaning_gain(dataset, config: dict, results, truth, suspect, ids=None
         results: the audit's results (ids, labels, is_test, head, feature_mean, feature_std).
         truth, suspect: booleans per sample of ``ids`` (default ``results.ids``).
     """
-    from .audit import build_backbone
-    from . import features as feats
-    from .errors import NoiseAuditError
+    from noise_audit.core.auditing import build_backbone
+    from noise_audit.core import features as feats
+    from noise_audit.errors import NoiseAuditError
 
     if config.get("train_last_block"):
         raise NoiseAuditError("What cleaning buys is measured for the linear head only (not train_last_block)")

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import NoiseAuditError
-from .head import DTYPE
+from noise_audit.errors import NoiseAuditError
+from noise_audit.core.head import DTYPE
 
 
 class TrunkExtractor(torch.nn.Module):

@@ -6,7 +6,7 @@ FiftyOne run registered under ``key`` of its own type (:class:`AuditRunConfig`,
 keep the two in step: ``dataset.delete_run(key)`` (and the App's runs panel)
 also deletes the audit's fields, ``dataset.rename_run(key, new)`` renames
 them, and ``dataset.load_run_results(key)`` returns the same
-:class:`AuditResults` that :func:`noise_audit.audit` returned.
+:class:`AuditResults` that :func:`noise_audit.core.auditing` returned.
 
 **All or nothing.** :func:`write_audit` commits an audit in steps that each
 leave either the state before the audit or the complete audit, once the next
@@ -30,7 +30,7 @@ leftovers dropped). A Python exception inside the write rolls back at once;
 a killed process leaves its temporary fields, recognisable by name and by
 ``info.role = "audit:<key>"`` with a token no linked run has, for the next
 :func:`write_audit` or :func:`delete_audit` on the dataset to clean
-(:func:`recover`). Steps 4-7 run under :func:`~noise_audit.fields.dataset_lock`,
+(:func:`recover`). Steps 4-7 run under :func:`~noise_audit.store.fields.dataset_lock`,
 as does every schema change of ours, so concurrent audits of different keys
 do not undo each other's schema changes.
 
@@ -56,8 +56,8 @@ import numpy as np
 import fiftyone as fo
 import fiftyone.core.runs as fors
 
-from .errors import NoiseAuditError
-from .fields import (OWNER, check_writable, dataset_lock, field_info, has_raw, is_own_field,
+from noise_audit.errors import NoiseAuditError
+from noise_audit.store.fields import (OWNER, check_writable, dataset_lock, field_info, has_raw, is_own_field,
                      renew_lock, unset_raw, write_columns, writer, writer_alive)
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def _belongs(dataset, name, key, token):
 class AuditResults(fors.RunResults):
     """What an audit computed, per sample in the audited view's order.
 
-    Returned by :func:`noise_audit.audit` and, equal in content, by
+    Returned by :func:`noise_audit.core.auditing` and, equal in content, by
     :func:`load_audit` and ``dataset.load_run_results(key)``.
 
     Attributes:
@@ -269,7 +269,7 @@ class AuditResults(fors.RunResults):
     @property
     def predictions(self):
         if self._predictions is None:
-            from .head import softmax
+            from noise_audit.core.head import softmax
 
             logits = self._column(f"{self.fields['prediction']}.logits")
             self._predictions = softmax(np.stack([np.asarray(v) for v in logits]))
@@ -332,7 +332,7 @@ def list_audits(dataset):
 
 def load_audit(dataset, key):
     """``(config, results)`` of the audit under ``key``: an :class:`AuditRunConfig`
-    and the :class:`AuditResults` that :func:`noise_audit.audit` returned."""
+    and the :class:`AuditResults` that :func:`noise_audit.core.auditing` returned."""
     if not is_audit(dataset, key):
         raise NoiseAuditError(f"No noise audit with key {key!r} on dataset {dataset.name!r}; audits: {list_audits(dataset)}")
     config = dataset.get_run_info(key).config
@@ -362,7 +362,7 @@ def write_audit(samples, key, ids, values, config, results, signals=None, predic
     """Writes the fields and registers the run, all or nothing (see the module doc).
 
     ``values`` maps each signal of :data:`SIGNAL_FIELDS` to one stored value
-    per id (floats, booleans, :func:`~noise_audit.fields.classification_doc`);
+    per id (floats, booleans, :func:`~noise_audit.store.fields.classification_doc`);
     ``results`` is the dict of what the run's results keep; ``signals`` and
     ``predictions`` the in-memory arrays. ``before_commit()`` is called once
     the values are written, before the config is stored (to finish timings).

@@ -21,23 +21,23 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 
-from . import features as feats
-from . import finetune
-from . import head as heads
-from . import influence as infl
-from . import distributed, pipeline, scores, validation
-from .blocks import Blocks
-from .data import read_labels
-from .errors import NoiseAuditError
-from .fields import classification_doc
-from .run import AuditResults, audit_fields, check_key, write_audit  # noqa: F401 (AuditResults re-exported)
+from noise_audit import validation
+from noise_audit._version import __version__
+from noise_audit.core import distributed, finetune, pipeline, scores
+from noise_audit.core import features as feats
+from noise_audit.core import head as heads
+from noise_audit.core import influence as infl
+from noise_audit.core.blocks import Blocks
+from noise_audit.core.data import read_labels
+from noise_audit.errors import NoiseAuditError
+from noise_audit.store.fields import classification_doc
+from noise_audit.store.runs import AuditResults, audit_fields, check_key, write_audit  # noqa: F401 (AuditResults re-exported)
 
-__version__ = "0.1.0"
 DEFAULT_L2 = 3.0
 STAGES = ("features", "head", "cross_validation", "influence", "scores", "write")
 
 
-# AuditResults is the FiftyOne run results class of an audit (see run.py); the
+# AuditResults is the FiftyOne run results class of an audit (see store/runs.py); the
 # one na.audit returns is the one load_audit and dataset.load_run_results give.
 
 
@@ -133,7 +133,7 @@ def audit(
 
     Fine-tunes a softmax head on frozen backbone features, computes pyDVL
     influence functions and cleanlab's out-of-sample label quality, combines
-    them into a corruption score (see :mod:`noise_audit.scores`), and writes
+    them into a corruption score (see :mod:`noise_audit.core.scores`), and writes
     ``{key}_influence``, ``{key}_self_influence``, ``{key}_label_quality``,
     ``{key}_corruption_score``, ``{key}_suspect`` and ``{key}_prediction`` to
     every sample of ``samples``, plus a FiftyOne run ``key``. Nothing is written
@@ -153,7 +153,7 @@ def audit(
         transform: PIL image -> tensor, for custom backbones.
         image_size: input side length for the named backbones.
         method: pyDVL influence solver, ``"auto"`` or one of
-            :data:`noise_audit.influence.METHODS`.
+            :data:`noise_audit.core.influence.METHODS`.
         regularization: L2 strength of the head (mean-loss scale), or
             ``"auto"`` to pick it by out-of-fold log loss.
         folds: K of the K-fold out-of-sample predictions.
@@ -164,7 +164,7 @@ def audit(
         progress: show progress bars.
         on_progress: optional ``f(stage, fraction)`` callback.
         train_last_block: also fine-tune the backbone's last block (see
-            :mod:`noise_audit.finetune`); influence then covers its
+            :mod:`noise_audit.core.finetune`); influence then covers its
             parameters too, with ``method`` in cg, lissa, arnoldi, nystroem
             (``auto`` -> nystroem: cheap self-influence from a low-rank
             sketch; cg is exact but slow for self-influence). Much slower on
@@ -174,7 +174,7 @@ def audit(
             CPU), ``"cpu"`` or ``"cuda[:N]"``. pyDVL's solvers run on the CPU.
         client: a ``dask.distributed.Client``: features, head, folds and
             influence are computed on its workers, by row blocks (see
-            :mod:`noise_audit.distributed`); for the linear head
+            :mod:`noise_audit.core.distributed`); for the linear head
             (``method`` auto or linear).
 
     Returns:

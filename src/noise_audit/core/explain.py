@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import features as feats
-from . import influence as infl
-from .errors import NoiseAuditError
-from .audit import build_backbone
-from .head import LinearHead
-from .run import load_audit
+from noise_audit.core import features as feats
+from noise_audit.core import influence as infl
+from noise_audit.errors import NoiseAuditError
+from noise_audit.core.auditing import build_backbone
+from noise_audit.core.head import LinearHead
+from noise_audit.store.runs import load_audit
 
 
 def _audit_model(config, results):

@@ -33,7 +33,7 @@ The page has these sections, each a question about the audit:
     lowest are often mislabeled or atypical, the highest are clean prototypes.
 ``explanations``
     For a few held-out images, the training images that helped their
-    prediction most and hurt it most (:func:`noise_audit.explain.most_influential`).
+    prediction most and hurt it most (:func:`noise_audit.core.explain.most_influential`).
 ``suspects``
     The top-ranked samples with given label, out-of-sample prediction and
     scores, and the estimated number of label errors per class.
@@ -47,8 +47,8 @@ The page has these sections, each a question about the audit:
     The audit's configuration and the seconds each stage of the audit and of
     the report took.
 
-The figures live in :mod:`noise_audit.report_plots`, the page in
-:mod:`noise_audit.report_html`.
+The figures live in :mod:`noise_audit.reports.plots`, the page in
+:mod:`noise_audit.reports.html`.
 """
 
 from __future__ import annotations
@@ -62,15 +62,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
-from . import report_plots as plots
-from . import validation
-from .errors import NoiseAuditError
-from .metrics import LOW_IS_SUSPICIOUS, calibration, evaluate, pr_curve
-from .run import audit_fields, load_audit
+from noise_audit.reports import plots
+from noise_audit import validation
+from noise_audit.errors import NoiseAuditError
+from noise_audit.metrics import LOW_IS_SUSPICIOUS, calibration, evaluate, pr_curve
+from noise_audit.store.runs import audit_fields, load_audit
 
 REPORT_VERSION = 1
 FILES = {"html": "report.html", "json": "summary.json", "markdown": "summary.md"}
-# Display name of each signal -> audit field suffix (see noise_audit.run.SIGNAL_FIELDS).
+# Display name of each signal -> audit field suffix (see noise_audit.store.runs.SIGNAL_FIELDS).
 SIGNALS = {
     "corruption_score": "corruption_score",
     "average_influence": "influence",
@@ -311,7 +311,7 @@ def _choose_explained(a, n):
 
 
 def _explanations(a, n, k):
-    from .explain import most_influential_many
+    from noise_audit.core.explain import most_influential_many
 
     chosen = _choose_explained(a, n)
     if not chosen:
@@ -358,8 +358,8 @@ def _truth(a, truth_field):
 
 
 def _cleaning(a):
-    """What cleaning buys (see :mod:`noise_audit.cleaning`), or None where it cannot be measured."""
-    from .cleaning import audit_cleaning_gain
+    """What cleaning buys (see :mod:`noise_audit.core.cleaning`), or None where it cannot be measured."""
+    from noise_audit.core.cleaning import audit_cleaning_gain
 
     try:
         return audit_cleaning_gain(a.dataset, a.config, a.results, a.truth, a.suspect, ids=a.ids)
@@ -541,8 +541,8 @@ def _build(dataset, config, results, view, key, truth_field, stage, done, opts):
 
 
 def _write_files(path, summary, figures, thumbs):
-    from .report_html import render_html
-    from .report_md import render_markdown
+    from noise_audit.reports.html import render_html
+    from noise_audit.reports.markdown import render_markdown
 
     os.makedirs(path, exist_ok=True)
     files = {kind: os.path.join(path, name) for kind, name in FILES.items()}

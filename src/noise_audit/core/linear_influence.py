@@ -34,7 +34,7 @@ pyDVL's ``DirectInfluence`` is the reference this module is tested against
 (``tests/test_linear_influence.py``, float64).
 
 Every pass over the samples is a block function (below the class) run through
-:class:`~noise_audit.blocks.Blocks`: a loop here, or tasks on Dask workers.
+:class:`~noise_audit.core.blocks.Blocks`: a loop here, or tasks on Dask workers.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .blocks import Blocks, as_tensor, kept, rows_of, weighted
+from noise_audit.core.blocks import Blocks, as_tensor, kept, rows_of, weighted
 
 DTYPE = torch.float64
 SOLVERS = ("exact", "ekfac")
@@ -106,7 +106,7 @@ class LinearHeadInfluence:
 
     @classmethod
     def from_head(cls, head, l2, **kwargs):
-        """From a ``noise_audit.head.LinearHead``."""
+        """From a ``noise_audit.core.head.LinearHead``."""
         return cls(head.fc.weight, head.fc.bias, l2, **kwargs)
 
     @property
@@ -248,7 +248,7 @@ class LinearHeadInfluence:
         return self.self_influence_blocks("all", local_blocks(x, y, self.device))
 
 
-# -- block functions: one pass over a block's rows each (see blocks.py) ---------
+# -- block functions: one pass over a block's rows each (see core/blocks.py) ---------
 
 def _train_column(block):
     return as_tensor(block["train"])

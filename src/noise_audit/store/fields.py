@@ -4,7 +4,7 @@ lock that keeps concurrent writers from undoing each other's schema changes.
 Every field we create carries ``info={"created_by": "noise_audit",
 "role": ROLE, ...}``; the role says what the field is for:
 
-- ``"audit:<key>"``: a signal of the audit ``key`` (see :mod:`noise_audit.run`);
+- ``"audit:<key>"``: a signal of the audit ``key`` (see :mod:`noise_audit.store.runs`);
 - ``"noise:noisy"`` / ``"noise:flag"``: the noisy copy of a label field and the
   flag of flipped labels written by :func:`noise_audit.inject_label_noise`.
 
@@ -36,7 +36,7 @@ import fiftyone as fo
 from bson import ObjectId
 from pymongo import UpdateOne
 
-from .errors import NoiseAuditError
+from noise_audit.errors import NoiseAuditError
 
 OWNER = "noise_audit"
 LOCKS = "noise_audit_locks"  # collection of lease documents, one per locked dataset

@@ -3,7 +3,7 @@
 With ``na.audit(..., client=dask.distributed.Client(...))`` (CLI:
 ``--dask ADDRESS`` or ``--dask local:N``):
 
-- the images are cut into partitions of :data:`~noise_audit.blocks.BLOCK_ROWS`
+- the images are cut into partitions of :data:`~noise_audit.core.blocks.BLOCK_ROWS`
   rows and each worker computes the features of its partitions (through the
   feature cache, so workers must see the image files and, to share it, the
   cache directory);
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import features as feats
-from .blocks import BLOCK_ROWS, Blocks
-from .errors import NoiseAuditError
+from noise_audit.core import features as feats
+from noise_audit.core.blocks import BLOCK_ROWS, Blocks
+from noise_audit.errors import NoiseAuditError
 
 
 def connect(spec):
@@ -52,15 +52,15 @@ def feature_blocks(client, filepaths, backbone, columns, batch_size=64, cache_di
     Args:
         client: the Dask client.
         filepaths: image paths, in the view's order.
-        backbone: a :class:`~noise_audit.features.Backbone` (sent to every worker once).
+        backbone: a :class:`~noise_audit.core.features.Backbone` (sent to every worker once).
         columns: other per-sample arrays to keep beside the features (``y``,
             ``train``, ``fold``), in the same order.
-        batch_size, cache_dir: as in :func:`~noise_audit.features.extract_features`.
+        batch_size, cache_dir: as in :func:`~noise_audit.core.features.extract_features`.
         train: boolean mask of the rows whose statistics standardise all rows.
 
     Returns:
         ``(blocks, mean, scale, n_computed)``; ``mean`` and ``scale`` as
-        :func:`~noise_audit.features.standardization` returns them.
+        :func:`~noise_audit.core.features.standardization` returns them.
     """
     n = len(filepaths)
     bounds = [(s, min(s + BLOCK_ROWS, n)) for s in range(0, n, BLOCK_ROWS)]

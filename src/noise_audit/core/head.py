@@ -56,7 +56,7 @@ def as_tensor(x, dtype=DTYPE, device=None):
 
 def resolve_device(device="auto"):
     """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; checks any other name."""
-    from .errors import NoiseAuditError
+    from noise_audit.errors import NoiseAuditError
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -189,15 +189,15 @@ def _run_lbfgs(params, loss_and_grad, curves, max_iter):
 
 def fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows=None, init=None, max_iter=500,
                     device=None):
-    """:func:`fit_head` for the :class:`LinearHead`, on :class:`~noise_audit.blocks.Blocks`.
+    """:func:`fit_head` for the :class:`LinearHead`, on :class:`~noise_audit.core.blocks.Blocks`.
 
     The same objective and optimiser, but the loss and its gradient are sums
     over blocks in closed form (``sum_i r_i [x_i, 1]^T``), so the rows can stay
     where they are: views in this process, or on Dask workers. ``rows`` and
     ``val_rows`` select the training and validation rows
-    (see :func:`noise_audit.blocks.select`).
+    (see :func:`noise_audit.core.blocks.select`).
     """
-    from .linear_influence import loss_and_gradient
+    from noise_audit.core.linear_influence import loss_and_gradient
 
     device = torch.device(device or "cpu")
     head = _start(_zero_linear_head(n_features, n_classes), init, device)
@@ -221,9 +221,9 @@ def fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows=No
 
 
 def cross_val_logits(blocks, n_features, n_classes, l2, folds, init=None, progress=False, device=None):
-    """:func:`cross_val_probs` on :class:`~noise_audit.blocks.Blocks` whose ``fold`` column
+    """:func:`cross_val_probs` on :class:`~noise_audit.core.blocks.Blocks` whose ``fold`` column
     holds each row's fold: out-of-fold logits, in block order."""
-    from .linear_influence import class_logits
+    from noise_audit.core.linear_influence import class_logits
 
     logits = np.zeros((blocks.n, n_classes))
     fold_of = blocks.map_concat(_fold_column)

@@ -23,9 +23,9 @@ increase of the sample's own loss when it is left out.
 Solvers (``method``):
 
 - ``linear`` (what ``auto`` picks for the audit's linear head): the closed
-  forms of :mod:`noise_audit.linear_influence`, exact average influence
+  forms of :mod:`noise_audit.core.linear_influence`, exact average influence
   (Cholesky or EK-FAC-preconditioned CG) and exact self-influence up to
-  :data:`~noise_audit.linear_influence.FORM_HESSIAN_MAX_PARAMS` parameters,
+  :data:`~noise_audit.core.linear_influence.FORM_HESSIAN_MAX_PARAMS` parameters,
   EK-FAC self-influence above. Seconds where pyDVL takes minutes; tested
   against pyDVL's ``DirectInfluence`` in float64.
 - pyDVL's own, the reference and the path for any other head
@@ -53,9 +53,9 @@ from pydvl.influence.torch import (
 )
 from torch.utils.data import DataLoader, TensorDataset
 
-from .errors import NoiseAuditError
-from .head import DTYPE, LinearHead, as_tensor
-from .linear_influence import LinearHeadInfluence
+from noise_audit.errors import NoiseAuditError
+from noise_audit.core.head import DTYPE, LinearHead, as_tensor
+from noise_audit.core.linear_influence import LinearHeadInfluence
 
 PYDVL_METHODS = ("direct", "cg", "lissa", "arnoldi", "nystroem", "ekfac")
 METHODS = ("linear",) + PYDVL_METHODS

@@ -59,8 +59,8 @@ from PIL import Image
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from . import validation
-from .errors import MISSING, NoiseAuditError, UnreadableImages
+from noise_audit import validation
+from noise_audit.errors import MISSING, NoiseAuditError, UnreadableImages
 
 BACKBONES = ("efficientnet_lite0", "resnet18")
 FEATURE_CODE_VERSION = "1"

@@ -14,7 +14,7 @@ import numpy as np
 import fiftyone as fo
 import fiftyone.types as fot
 
-from .errors import NoiseAuditError
+from noise_audit.errors import NoiseAuditError
 
 SPLIT_TAGS = ("train", "val", "test")
 

@@ -1,8 +1,8 @@
 """The HTML page of a noise-audit report, rendered from its summary.
 
-:func:`render_html` turns the summary built by :mod:`noise_audit.report`
+:func:`render_html` turns the summary built by :mod:`noise_audit.reports.summary`
 (the same dict that becomes ``summary.json``), the figures of
-:mod:`noise_audit.report_plots` and the embedded thumbnails into one
+:mod:`noise_audit.reports.plots` and the embedded thumbnails into one
 self-contained page: inline CSS, no JavaScript, no external resource, so it
 opens from disk and shows the same offline. Every number printed here comes
 from the summary, so ``summary.json`` holds every number of the page.
@@ -358,7 +358,7 @@ def _run(s, figs):
 
 
 def render_html(summary, figures, thumbs):
-    """The page: ``summary`` (see :func:`noise_audit.report.report`), figure URIs, ``{path: (uri, w, h)}``."""
+    """The page: ``summary`` (see :func:`noise_audit.reports.summary.report`), figure URIs, ``{path: (uri, w, h)}``."""
     card = _Cards(thumbs)
     o = summary["overview"]
     bodies = {

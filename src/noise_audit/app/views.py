@@ -22,10 +22,10 @@ import numpy as np
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from .errors import NoiseAuditError
-from .fields import is_own_field
-from .metrics import evaluate
-from .run import audit_fields, load_audit
+from noise_audit.errors import NoiseAuditError
+from noise_audit.store.fields import is_own_field
+from noise_audit.metrics import evaluate
+from noise_audit.store.runs import audit_fields, load_audit
 
 # The signals a histogram or a metric row can show, with how to read them.
 SIGNALS = {

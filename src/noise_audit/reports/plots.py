@@ -1,7 +1,7 @@
 """Figures and thumbnails of a noise-audit report, as embeddable PNG/JPEG data.
 
 Every function here takes plain numbers (the report's summary, see
-:mod:`noise_audit.report`) and returns a ``data:`` URI, so the HTML page
+:mod:`noise_audit.reports.summary`) and returns a ``data:`` URI, so the HTML page
 opens from disk with no network and no JavaScript. Figures are drawn with
 matplotlib's object API on an Agg canvas (no ``pyplot``: a report never
 touches the caller's global plotting state or opens a window).

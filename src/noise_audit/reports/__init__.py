@@ -1,0 +1,3 @@
+"""The unattended noise-audit report: ``summary`` gathers the numbers and
+writes the files, ``html`` and ``markdown`` render them, ``plots`` draws the
+figures."""
