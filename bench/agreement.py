@@ -34,10 +34,11 @@ import _common  # noqa: E402, F401  (sets the environment before FiftyOne is imp
 if _known.src:
     sys.path.insert(0, _known.src)
 
+from noise_audit.signals import SIGNALS as ALL_SIGNALS, suspicion  # noqa: E402
+
 from _common import RESULTS, SEED_CLASSES, TINY, cifar_files, cifar_root, machine, require_data, table, write_json  # noqa: E402
 
-SIGNALS = ("corruption_score", "average_influence", "self_influence", "label_quality", "loss", "loo_loss")
-LOW_IS_SUSPICIOUS = ("average_influence", "label_quality")
+SIGNALS = tuple(s.name for s in sorted(ALL_SIGNALS, key=lambda s: s.name != "corruption_score"))  # the score first
 
 
 def build(scenario):
@@ -99,7 +100,7 @@ def run(scenario, with_reference):
         metrics = {}
         for s in SIGNALS:
             v = np.asarray(r.signals[s], float)
-            metrics[s] = na.detection_metrics(-v if s in LOW_IS_SUSPICIOUS else v, flipped)
+            metrics[s] = na.detection_metrics(suspicion(s, v), flipped)
         out = {"n": len(flipped), "n_parameters": r.config["n_parameters"], "influence_method": r.config["influence_method"],
                "wall_s": wall, "timings": r.timings, "metrics": metrics,
                "signals": {s: np.asarray(r.signals[s], float).tolist() for s in ("average_influence", "self_influence", "label_quality")}}

@@ -49,6 +49,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from _common import CIFAR_TAR, DATA, ROOT, machine, table, write_json
 
@@ -138,7 +139,7 @@ def run_audit(args, lib, paths, labels, is_test, n_classes, device, backbone):
     clock.stop()
     out = lib.pipeline.linear_signals(blocks, x.shape[1], n_classes, args.l2, args.folds, clock, device=device)
     clock.start("scores")
-    oos = lib.head.softmax(out.oos_logits)
+    oos = softmax(out.oos_logits, axis=1)
     signals, n_issues, _ = lib.scores.audit_signals(labels, is_test, out.oos_logits, out.clean_oos_logits,
                                                     out.average_influence, out.self_influence, out.loss)
     signals.pop("ranking")

@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.special import softmax
 
 from _common import cifar_files, cifar_root, machine, table, write_json
 
@@ -114,7 +115,7 @@ def main():
         cluster.close()
     from noise_audit.core import scores
 
-    quality = scores.label_quality(y, pipeline.heads.softmax(out.oos_logits))
+    quality = scores.label_quality(y, softmax(out.oos_logits, axis=1))
     metrics = {
         "average_influence": na.detection_metrics(-out.average_influence, flipped),
         "self_influence": na.detection_metrics(out.self_influence, flipped),

@@ -17,6 +17,7 @@ import warnings
 
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
+from noise_audit.signals import SHOWN
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
 
@@ -163,7 +164,7 @@ def _dask_client(spec):
 
 def cmd_audit(args):
     from noise_audit.core.auditing import audit
-    from noise_audit.reports.summary import check_out_dir, check_truth_field
+    from noise_audit.reports.summary import check_out_dir
 
     ds = _load_dataset(args.dataset)
     view = _view(ds, args.tags)
@@ -171,7 +172,7 @@ def cmd_audit(args):
     _check_gate_args(args)
     if args.report:  # bad report arguments fail before the audit writes anything
         check_out_dir(args.report)
-        check_truth_field(view, args.truth_field)
+        validation.truth_field(view, args.truth_field, both_values=True, optional=True)
     elif args.truth_field:
         raise NoiseAuditError("--truth-field is for the report: pass --report DIR too")
     client = _dask_client(args.dask)
@@ -215,7 +216,7 @@ def cmd_evaluate(args):
     config, _ = load_audit(ds, args.key)
     view = ds.select(ds.load_run_results(args.key, load_view=False).ids)
     fields = audit_fields(args.key)
-    names = ["corruption_score", "influence", "self_influence", "label_quality"]
+    names = [s.field for s in SHOWN]
     out = {n: evaluate(view, fields[n], args.truth_field) for n in names}
     out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
                                                     label_field=config.label_field, cleaning=False)["per_label"]

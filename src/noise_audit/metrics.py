@@ -16,9 +16,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
+from noise_audit.signals import higher_is_suspicious as _higher_is_suspicious
 
-# Signals where *low* values mark suspects; evaluate() flips their sign.
-LOW_IS_SUSPICIOUS = ("_influence", "_label_quality")
 INSPECT_FRACTIONS = (0.05, 0.10, 0.20)
 
 
@@ -109,8 +108,9 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
             flipped (any other field type is an error).
         label_field: optional label field for the per-label table
             (``"<field>.label"`` values); default: none.
-        higher_is_suspicious: direction of the score; by default ``False`` for
-            fields ending in ``_influence`` or ``_label_quality``.
+        higher_is_suspicious: direction of the score; by default that of the
+            audit signal the field holds (:func:`noise_audit.signals.higher_is_suspicious`:
+            ``False`` for ``*_influence`` and ``*_label_quality``).
 
         cleaning: for an audit's corruption score, also refit the audit's head
             without its suspects, random samples and the flipped ones (what
@@ -122,8 +122,7 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
         ``calibration`` (:func:`calibration`) and ``cleaning``
         (:func:`noise_audit.core.cleaning.audit_cleaning_gain`).
     """
-    if len(samples) == 0:
-        raise NoiseAuditError("The view is empty")
+    validation.non_empty(samples, "The view is empty")
     schema = samples.get_field_schema()
     if score_field not in schema:
         raise NoiseAuditError(f"Field {score_field!r} not found")
@@ -135,7 +134,7 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
     scores = np.array([scores[i] for i in keep], dtype=float)
     truth = np.array([truth[i] for i in keep], dtype=bool)
     if higher_is_suspicious is None:
-        higher_is_suspicious = not score_field.endswith(LOW_IS_SUSPICIOUS) or score_field.endswith("_self_influence")
+        higher_is_suspicious = _higher_is_suspicious(score_field)
     signed = scores if higher_is_suspicious else -scores
     out = detection_metrics(signed, truth)
     if label_field:

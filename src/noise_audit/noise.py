@@ -27,6 +27,7 @@ import fiftyone as fo
 from noise_audit import validation
 from noise_audit.core.data import read_labels
 from noise_audit.errors import NoiseAuditError
+from noise_audit.signals import BY_NAME, signal_of_field
 from noise_audit.store.fields import check_writable, dataset_lock, declare_field, field_info, has_role, is_own_field, write_values
 from noise_audit.core.flips import STRATEGIES, choose_flips
 
@@ -35,8 +36,7 @@ def _find_influence_field(dataset):
     fields = [
         n
         for n in dataset.get_field_schema()
-        if n.endswith("_influence")
-        and not n.endswith("_self_influence")
+        if signal_of_field(n) is BY_NAME["average_influence"]
         and is_own_field(dataset, n)
         and not n.startswith(("noise_audit_tmp_", "noise_audit_old_"))  # an audit being written
     ]

@@ -1,7 +1,7 @@
-"""Checks of numeric arguments, one rule and one message each, shared by the
-library (``na.audit``, ``na.inject_label_noise``, ``get_backbone``) and the CLI
-(which checks its options with the same functions, under their option names,
-before anything runs).
+"""Every check of user input, one rule and one message each, shared by the
+library (``na.audit``, ``na.evaluate``, ``na.report``, ``na.inject_label_noise``,
+``get_backbone``), the App's views and the CLI (which checks its options with
+the same functions, under their option names, before anything runs).
 
 Numbers must be numbers: a numeric string such as ``"0.1"`` is refused with a
 message saying so, never converted, since a string where a number belongs is
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -107,10 +108,24 @@ def check_split(classes, labels, is_test):
         )
 
 
-def truth_field(samples, name):
-    """Raises unless ``name`` is a ``BooleanField`` of ``samples`` (True = the label is wrong)."""
+def non_empty(samples, what="The view is empty: there is nothing to audit"):
+    """Raises unless ``samples`` is a collection with at least one sample."""
+    if samples is None or len(samples) == 0:
+        raise NoiseAuditError(what)
+
+
+def truth_field(samples, name, *, both_values=False, optional=False):
+    """Raises unless ``name`` is a ``BooleanField`` of ``samples`` (True = the label is wrong).
+
+    Args:
+        both_values: also require both ``True`` and ``False`` among
+            ``samples`` (precision and recall need both).
+        optional: ``None`` means "no truth field" and passes.
+    """
     import fiftyone as fo
 
+    if name is None and optional:
+        return
     schema = samples.get_field_schema()
     if name not in schema:
         bools = sorted(n for n, f in schema.items() if isinstance(f, fo.BooleanField))
@@ -120,3 +135,29 @@ def truth_field(samples, name):
             f"Truth field {name!r} is of type {type(schema[name]).__name__}, not a BooleanField "
             "(True = the label is wrong)"
         )
+    if both_values:
+        counts = samples.count_values(name)
+        if not counts.get(True) or not counts.get(False):
+            raise NoiseAuditError(
+                f"Truth field {name!r} needs both True and False values among the audited samples; counts {counts}"
+            )
+
+
+def out_dir(path, files):
+    """``path`` made absolute; raises unless it is, or can be made, a writable
+    folder in which none of ``files`` is a folder."""
+    if not path or not isinstance(path, (str, os.PathLike)):
+        raise NoiseAuditError(f"out_dir must be a folder path, not {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NoiseAuditError(f"out_dir {path} exists and is not a folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise NoiseAuditError(f"Cannot write the report under {path}: {existing} is not a writable folder")
+    for name in files:
+        target = os.path.join(path, name)
+        if os.path.isdir(target):
+            raise NoiseAuditError(f"Cannot write {target}: a folder of that name exists")
+    return path

@@ -22,18 +22,15 @@ import numpy as np
 import fiftyone as fo
 from fiftyone import ViewField as F
 
+from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
+from noise_audit.signals import SHOWN
 from noise_audit.store.fields import is_own_field
 from noise_audit.metrics import evaluate
 from noise_audit.store.runs import audit_fields, load_audit
 
-# The signals a histogram or a metric row can show, with how to read them.
-SIGNALS = {
-    "corruption_score": "corruption score (estimated probability that the given label is wrong)",
-    "influence": "average influence (low = suspicious)",
-    "self_influence": "self-influence (high = suspicious)",
-    "label_quality": "cleanlab label quality (low = suspicious)",
-}
+# The signals a histogram or a metric row can show (by field suffix), with how to read them.
+SIGNALS = {s.field: s.label for s in SHOWN}
 CLEAN, FLIPPED = "clean", "flipped"
 # Bar colours per truth group; labels get plotly's default palette.
 GROUP_COLORS = {CLEAN: "#4c78a8", FLIPPED: "#e45756"}
@@ -61,14 +58,6 @@ def default_truth_field(dataset):
     return names[0] if len(names) == 1 else None
 
 
-def check_truth_field(samples, truth_field):
-    if truth_field is None:
-        return
-    field = samples.get_field(truth_field)
-    if field is None or not isinstance(field, fo.BooleanField):
-        raise NoiseAuditError(f"Truth field {truth_field!r} must be a boolean sample field; candidates: {truth_fields(samples._dataset)}")
-
-
 def audited(samples, key):
     """The samples of ``samples`` that audit ``key`` scored."""
     return samples.exists(_field(key, "corruption_score"))
@@ -86,7 +75,7 @@ def flagged(samples, key):
 
 def flipped(samples, key, truth_field):
     """Samples whose label is known to be flipped, most suspicious first."""
-    check_truth_field(samples, truth_field)
+    validation.truth_field(samples, truth_field, optional=True)
     return top_suspects(samples, key).match(F(truth_field) == True)  # noqa: E712
 
 
@@ -97,7 +86,7 @@ def score_bin(samples, key, signal, low, high, label=None, group=None, truth_fie
     if label is not None:
         view = view.match(F(f"{_label_field(samples, key)}.label") == label)
     if group in (CLEAN, FLIPPED):
-        check_truth_field(samples, truth_field)
+        validation.truth_field(samples, truth_field, optional=True)
         view = view.match(F(truth_field) == (group == FLIPPED))
     return view.sort_by(_field(key, "corruption_score"), reverse=True)
 
@@ -115,28 +104,26 @@ def histogram(samples, key, signal="corruption_score", truth_field=None, bins=30
         "n"}]}`` where ``group`` is ``"clean"``/``"flipped"`` with a truth
         field and ``None`` without.
     """
-    check_truth_field(samples, truth_field)
+    validation.truth_field(samples, truth_field, optional=True)
     view = audited(samples, key)
     field = _field(key, signal)
-    paths = [field, f"{_label_field(samples, key)}.label"] + ([truth_field] if truth_field else [])
-    columns = view.values(paths)
-    values = np.asarray(columns[0], dtype=float)
-    labels = np.asarray(columns[1], dtype=object)
-    truth = np.asarray([bool(t) for t in columns[2]]) if truth_field else None
-    if len(values) == 0:
+    lo, hi = view.bounds(field)
+    if lo is None:
         raise NoiseAuditError(f"No sample in the view has {field!r}")
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        hi = lo + 1e-9
-    edges = np.linspace(lo, hi, bins + 1)
-    edges[-1] = np.nextafter(hi, math.inf)  # the maximum falls in the last bin
-    series = []
-    for label in sorted(set(labels.tolist())):
-        groups = [(CLEAN, False), (FLIPPED, True)] if truth is not None else [(None, None)]
+    # FiftyOne's histogram per series, on bins shared by all of them; the upper
+    # edge is nudged up so that the maximum falls in the last bin.
+    hi = math.nextafter(max(hi, lo + 1e-9), math.inf)
+    label_path = f"{_label_field(samples, key)}.label"
+    groups = [(CLEAN, False), (FLIPPED, True)] if truth_field else [(None, None)]
+    series, edges = [], None
+    for label in sorted(view.distinct(label_path)):
         for group, flag in groups:
-            mask = labels == label if flag is None else (labels == label) & (truth == flag)
-            counts, _ = np.histogram(values[mask], edges)
-            series.append({"label": label, "group": group, "counts": counts.tolist(), "n": int(mask.sum())})
+            part = view.match(F(label_path) == label)
+            if flag is not None:
+                part = part.match(F(truth_field) == flag)
+            counts, edges, _ = part.histogram_values(field, bins=bins, range=(lo, hi))
+            series.append({"label": label, "group": group, "counts": list(counts), "n": int(sum(counts))})
+    edges = np.asarray(edges, dtype=float)
     return {"signal": signal, "field": field, "edges": edges.tolist(), "series": series}
 
 
@@ -174,7 +161,7 @@ def suspects_table(samples, key, n=25, truth_field=None):
     ``influence``, ``self_influence``, ``suspect`` and, with a truth field,
     ``flipped``.
     """
-    check_truth_field(samples, truth_field)
+    validation.truth_field(samples, truth_field, optional=True)
     fields = audit_fields(key)
     label_field = _label_field(samples, key)
     view = top_suspects(samples, key).limit(n)
@@ -190,7 +177,7 @@ def suspects_table(samples, key, n=25, truth_field=None):
 
 def summary(samples, key, truth_field=None):
     """Facts of audit ``key`` and, with ``truth_field``, detection metrics per signal."""
-    check_truth_field(samples, truth_field)
+    validation.truth_field(samples, truth_field, optional=True)
     config, results = load_audit(samples._dataset, key)
     fields = audit_fields(key)
     view = audited(samples, key)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 
@@ -180,8 +181,7 @@ def audit(
     Returns:
         an :class:`AuditResults`.
     """
-    if samples is None or len(samples) == 0:
-        raise NoiseAuditError("The view is empty: there is nothing to audit")
+    validation.non_empty(samples)
     dataset = samples._dataset
     check_key(dataset, key, overwrite)
     folds, seed = validation.folds(folds), validation.seed(seed)
@@ -243,7 +243,7 @@ def audit(
     tr, te = ~is_test, is_test
 
     clock.start("scores")
-    oos_probs = heads.softmax(oos_logits)
+    oos_probs = softmax(oos_logits, axis=1)
     signals, n_issues, suspect = scores.audit_signals(y, is_test, oos_logits, out.clean_oos_logits, avg, self_infl,
                                                       loss)
     quality, score = signals["label_quality"], signals["corruption_score"]

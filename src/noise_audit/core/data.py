@@ -14,6 +14,7 @@ import numpy as np
 import fiftyone as fo
 import fiftyone.types as fot
 
+from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 
 SPLIT_TAGS = ("train", "val", "test")
@@ -103,8 +104,7 @@ def read_labels(samples, label_field, min_per_class=1):
     non-``Classification`` field, unlabeled samples, fewer than two classes or a
     class with fewer than ``min_per_class`` samples.
     """
-    if samples is None or len(samples) == 0:
-        raise NoiseAuditError("The view is empty: there is nothing to audit")
+    validation.non_empty(samples)
     schema = samples.get_field_schema()
     if label_field not in schema:
         raise NoiseAuditError(

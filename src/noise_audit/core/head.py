@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import softmax
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
@@ -248,12 +249,6 @@ def predict_logits(head, x):
     return head(as_tensor(x, device=device_of(head))).cpu().numpy()
 
 
-def softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False, init=None, splits=None,
                     device=None):
     """Out-of-sample logits for every sample by stratified K-fold.
@@ -275,7 +270,7 @@ def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progre
 
 
 def log_loss(logits, y):
-    probs = softmax(logits)
+    probs = softmax(logits, axis=1)
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
 
 

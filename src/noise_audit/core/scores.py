@@ -35,9 +35,9 @@ wrong. It is built in three steps:
    (:func:`calibrate`). The ranking is kept exactly, and the scores average
    to the estimated share of wrong labels.
 
-One rule for direction, as in cleanlab: fields named ``*_label_quality`` and
-``*_influence`` are low when suspicious, everything else is high when
-suspicious (see :data:`LOW_IS_SUSPICIOUS`).
+Names, fields and directions of the signals are in one table,
+:data:`noise_audit.signals.SIGNALS` (one rule, as in cleanlab: average
+influence and label quality are low when suspicious, the rest high).
 """
 
 from __future__ import annotations
@@ -49,9 +49,6 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.isotonic import IsotonicRegression
 
-# Signals where *low* values mark suspects (``average_influence`` is stored
-# as the field ``{key}_influence``).
-LOW_IS_SUSPICIOUS = ("label_quality", "average_influence", "influence")
 INFLUENCE_WEIGHT = 0.5  # share of average influence in the ranking (tuned on ten64 seeds 0-1)
 SUSPECT_THRESHOLD = 0.5  # a sample is a suspect when its label is more likely wrong than right
 

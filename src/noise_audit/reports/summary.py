@@ -65,18 +65,14 @@ from tqdm.auto import tqdm
 from noise_audit.reports import plots
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
-from noise_audit.metrics import LOW_IS_SUSPICIOUS, calibration, evaluate, pr_curve
+from noise_audit.metrics import calibration, evaluate, pr_curve
+from noise_audit.signals import SHOWN, suspicion
 from noise_audit.store.runs import audit_fields, load_audit
 
 REPORT_VERSION = 1
 FILES = {"html": "report.html", "json": "summary.json", "markdown": "summary.md"}
-# Display name of each signal -> audit field suffix (see noise_audit.store.runs.SIGNAL_FIELDS).
-SIGNALS = {
-    "corruption_score": "corruption_score",
-    "average_influence": "influence",
-    "self_influence": "self_influence",
-    "label_quality": "label_quality",
-}
+# The signals the report compares: name -> audit field suffix (noise_audit.signals).
+SIGNALS = {s.name: s.field for s in SHOWN}
 STAGES = ("read", "evaluate", "figures", "explanations", "images", "write")
 PR_POINTS = 400  # precision-recall curves are thinned to this many points in summary.json
 
@@ -85,34 +81,8 @@ PR_POINTS = 400  # precision-recall curves are thinned to this many points in su
 
 
 def check_out_dir(out_dir):
-    """Raises unless ``out_dir`` is, or can be made, a writable directory."""
-    if not out_dir or not isinstance(out_dir, (str, os.PathLike)):
-        raise NoiseAuditError(f"out_dir must be a folder path, not {out_dir!r}")
-    path = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NoiseAuditError(f"out_dir {path} exists and is not a folder")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise NoiseAuditError(f"Cannot write the report under {path}: {existing} is not a writable folder")
-    for name in FILES.values():
-        target = os.path.join(path, name)
-        if os.path.isdir(target):
-            raise NoiseAuditError(f"Cannot write {target}: a folder of that name exists")
-    return path
-
-
-def check_truth_field(samples, truth_field):
-    """Raises unless ``truth_field`` is a boolean field with both values in ``samples``."""
-    if truth_field is None:
-        return
-    validation.truth_field(samples, truth_field)
-    counts = samples.count_values(truth_field)
-    if not counts.get(True) or not counts.get(False):
-        raise NoiseAuditError(
-            f"Truth field {truth_field!r} needs both True and False values among the audited samples; counts {counts}"
-        )
+    """Raises unless ``out_dir`` is, or can be made, a writable folder for the report's files."""
+    return validation.out_dir(out_dir, FILES.values())
 
 
 def _audited_view(samples, key):
@@ -342,9 +312,7 @@ def _truth(a, truth_field):
                for name, suffix in SIGNALS.items()}
     curves = {}
     for name, suffix in SIGNALS.items():
-        v = a.signals[name]
-        low = f[suffix].endswith(LOW_IS_SUSPICIOUS) and not f[suffix].endswith("_self_influence")
-        curves[name] = _thin(pr_curve(-v if low else v, a.truth))
+        curves[name] = _thin(pr_curve(suspicion(name, a.signals[name]), a.truth))
     flagged = a.suspect
     return {
         "field": truth_field, "n_flipped": int(a.truth.sum()), "n_clean": int((~a.truth).sum()),
@@ -465,7 +433,7 @@ def report(samples, key="noise_audit", out_dir="noise-audit-report", truth_field
     """
     path = check_out_dir(out_dir)
     dataset, config, results, view = _audited_view(samples, key)
-    check_truth_field(view, truth_field)
+    validation.truth_field(view, truth_field, both_values=True, optional=True)
     for name, v in (("top_n", top_n), ("n_explained", n_explained), ("k_explained", k_explained),
                     ("k_influential", k_influential)):
         if not isinstance(v, (int, np.integer)) or v < 0:

@@ -57,6 +57,7 @@ import fiftyone as fo
 import fiftyone.core.runs as fors
 
 from noise_audit.errors import NoiseAuditError
+from noise_audit.signals import BY_NAME, FIELD_SIGNALS, SHOWN, SIGNALS, suspicion
 from noise_audit.store.fields import (OWNER, check_writable, dataset_lock, field_info, has_raw, is_own_field,
                      renew_lock, unset_raw, write_columns, writer, writer_alive)
 
@@ -64,17 +65,14 @@ logger = logging.getLogger(__name__)
 
 RUN_METHOD = "noise_audit"
 FORMAT = 2  # 1: plain RunConfig/RunResults (before the run classes)
-SIGNAL_FIELDS = {
-    "influence": fo.FloatField,
-    "self_influence": fo.FloatField,
-    "label_quality": fo.FloatField,
-    "corruption_score": fo.FloatField,
+# The fields of an audit (``{key}_{suffix}``) and their types: the signals the
+# table of noise_audit.signals writes to fields, the suspect flag, the prediction.
+SIGNAL_FIELDS = {s.field: fo.FloatField for s in FIELD_SIGNALS} | {
     "suspect": fo.BooleanField,
     "prediction": fo.EmbeddedDocumentField,
 }
 # AuditResults.signals that are read back from the fields (the rest are stored in the results)
-SIGNAL_OF_FIELD = {"average_influence": "influence", "self_influence": "self_influence",
-                   "label_quality": "label_quality", "corruption_score": "corruption_score"}
+SIGNAL_OF_FIELD = {s.name: s.field for s in FIELD_SIGNALS}
 TMP, OLD = "noise_audit_tmp", "noise_audit_old"
 _TEMP = re.compile(rf"^({TMP}|{OLD})_([0-9a-f]{{12}})_(\w+)$")
 WRITE_STEPS = ("declared", "written", "prepared", "old_moved", "new_moved", "linked", "old_deleted")
@@ -262,17 +260,17 @@ class AuditResults(fors.RunResults):
             out = {n: _decode(v) for n, v in (self.stored_signals or {}).items()}
             for name, field in SIGNAL_OF_FIELD.items():
                 out[name] = np.array(self._column(self.fields[field]), dtype=float)
-            order = ["average_influence", "self_influence", "label_quality", "loss", "loo_loss", "corruption_score"]
+            order = [s.name for s in SIGNALS]
             self._signals = {n: out[n] for n in order if n in out} | {n: v for n, v in out.items() if n not in order}
         return self._signals
 
     @property
     def predictions(self):
         if self._predictions is None:
-            from noise_audit.core.head import softmax
+            from scipy.special import softmax
 
             logits = self._column(f"{self.fields['prediction']}.logits")
-            self._predictions = softmax(np.stack([np.asarray(v) for v in logits]))
+            self._predictions = softmax(np.stack([np.asarray(v) for v in logits]), axis=1)
         return self._predictions
 
     @property
@@ -280,15 +278,10 @@ class AuditResults(fors.RunResults):
         return self.signals["corruption_score"]
 
     def suspicion(self):
-        """Each signal oriented so that higher = more suspicious (for evaluation)."""
+        """The signals compared in evaluations (the fields' and the in-sample loss),
+        each oriented so that higher = more suspicious."""
         s = self.signals
-        return {
-            "corruption_score": s["corruption_score"],
-            "average_influence": -s["average_influence"],
-            "self_influence": s["self_influence"],
-            "label_quality": -s["label_quality"],
-            "loss": s["loss"],
-        }
+        return {x.name: suspicion(x.name, s[x.name]) for x in SHOWN + (BY_NAME["loss"],) if x.name in s}
 
     def attributes(self):
         return ["cls"] + [a for a in vars(self) if not a.startswith("_")]
