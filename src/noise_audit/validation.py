@@ -108,6 +108,28 @@ def check_split(classes, labels, is_test):
         )
 
 
+def influence_method(method, train_last_block=False, distributed=False):
+    """The influence solver an audit will use; raises for one it cannot.
+
+    ``"auto"`` stays ``"auto"`` (the linear head's closed form, else pyDVL's
+    direct solver), except with ``train_last_block``, where it means
+    :data:`~noise_audit.core.finetune.BLOCK_DEFAULT_METHOD`.
+    """
+    from noise_audit.core.finetune import BLOCK_DEFAULT_METHOD, BLOCK_METHODS
+    from noise_audit.core.influence import METHODS
+
+    if train_last_block:
+        method = BLOCK_DEFAULT_METHOD if method == "auto" else method
+        if method not in BLOCK_METHODS:
+            raise NoiseAuditError(f"With train_last_block, method must be one of {BLOCK_METHODS}, not {method!r}")
+    elif method != "auto" and method not in METHODS:
+        raise NoiseAuditError(f"method must be 'auto' or one of {METHODS}, not {method!r}")
+    if distributed and (train_last_block or method not in ("auto", "linear")):
+        raise NoiseAuditError("client= runs the linear head's closed form on the workers: "
+                              "use method 'auto' or 'linear' and no train_last_block")
+    return method
+
+
 def non_empty(samples, what="The view is empty: there is nothing to audit"):
     """Raises unless ``samples`` is a collection with at least one sample."""
     if samples is None or len(samples) == 0:

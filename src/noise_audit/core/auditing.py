@@ -15,7 +15,9 @@ Design for scoring every sample, held-out ones too:
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import softmax
@@ -31,6 +33,7 @@ from noise_audit.core import influence as infl
 from noise_audit.core.blocks import Blocks
 from noise_audit.core.data import read_labels
 from noise_audit.errors import NoiseAuditError
+from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store.fields import classification_doc
 from noise_audit.store.runs import AuditResults, audit_fields, check_key, write_audit  # noqa: F401 (AuditResults re-exported)
 
@@ -85,9 +88,6 @@ class _Clock:
         self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + elapsed, 4)
 
 
-BLOCK_METHODS = ("cg", "lissa", "arnoldi", "nystroem")
-
-
 def build_backbone(backbone, weights, transform, image_size, seed, train_last_block):
     """``(feature extractor, make_head or None)`` for an audit's settings."""
     bb = feats.get_backbone(backbone, weights, transform, image_size, seed)
@@ -101,7 +101,6 @@ def build_backbone(backbone, weights, transform, image_size, seed, train_last_bl
 def head_file(cache_dir, dataset_name, key):
     """Where the weights of a fine-tuned last block are kept (too big for a run doc)."""
     import hashlib
-    import os
 
     root = cache_dir if isinstance(cache_dir, str) else feats.default_cache_dir()
     name = hashlib.sha1(f"{dataset_name}/{key}".encode()).hexdigest()[:16]
@@ -182,112 +181,57 @@ def audit(
         an :class:`AuditResults`.
     """
     validation.non_empty(samples)
-    dataset = samples._dataset
-    check_key(dataset, key, overwrite)
+    check_key(samples._dataset, key, overwrite)
     folds, seed = validation.folds(folds), validation.seed(seed)
     batch_size = validation.integer(batch_size, "batch_size", 1)
     if isinstance(backbone, str):  # a custom module's transform decides its input size
         image_size = validation.image_size(image_size)
-    if train_last_block:
-        method = "nystroem" if method == "auto" else method
-        if method not in BLOCK_METHODS:
-            raise NoiseAuditError(f"With train_last_block, method must be one of {BLOCK_METHODS}, not {method!r}")
-    elif method != "auto" and method not in infl.METHODS:
-        raise NoiseAuditError(f"method must be 'auto' or one of {infl.METHODS}, not {method!r}")
+    method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
-    if client is not None and (train_last_block or method not in ("auto", "linear")):
-        raise NoiseAuditError("client= runs the linear head's closed form on the workers: "
-                              "use method 'auto' or 'linear' and no train_last_block")
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
     validation.check_split(data.classes, data.labels, is_test)
-    n_classes = len(data.classes)
     clock = _Clock(on_progress)
     t_start = time.perf_counter()
 
     clock.start("features")
     bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
-    y = data.labels
-    folds_of = pipeline.fold_ids(y, folds, seed)
-    if client is not None:
-        blocks, mean, std, n_computed = distributed.feature_blocks(
-            client, data.filepaths, bb, {"y": y, "train": ~is_test, "fold": folds_of}, batch_size, cache_dir)
-        n_features = len(mean)
-    else:
-        raw, n_computed = feats.extract_features(
-            data.filepaths, bb, batch_size, cache_dir, progress,
-            on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
-        )
-        if make_head is None:
-            mean, std = feats.standardization(raw, rows=~is_test)
-        else:  # the block's own batch norm expects the raw maps
-            mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
-        x = np.subtract(raw, mean, dtype=np.float64)  # the one float64 copy of the features
-        x /= std
-        del raw
-        n_features = x.shape[1]
+    columns = {"y": data.labels, "train": ~is_test, "fold": pipeline.fold_ids(data.labels, folds, seed)}
+    features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
+                         on_progress, client)
     clock.stop()
-
-    if make_head is None and method in ("auto", "linear"):  # the closed form; else pyDVL
-        if client is None:
-            blocks = Blocks.from_arrays({"x": x, "y": y, "train": ~is_test, "fold": folds_of}, device=device)
-        out = pipeline.linear_signals(blocks, n_features, n_classes, regularization, folds, clock, progress, device)
-    else:
-        out = pipeline.reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method,
-                                         clock, make_head, progress, device)
-    x = blocks = None  # the features are no longer needed: free them before writing
-    l2, head, history, test_pred = out.l2, out.head, out.history, out.test_pred
-    avg, self_infl, loss = out.average_influence, out.self_influence, out.loss
-    oos_logits = out.oos_logits
-    tr, te = ~is_test, is_test
+    out = _head_and_influence(features, columns, len(data.classes), regularization, folds, seed, method, clock,
+                              make_head, progress, device)
+    mean, std, n_computed = features.mean, features.std, features.n_computed
+    features = None  # free the features before writing
 
     clock.start("scores")
-    oos_probs = softmax(oos_logits, axis=1)
-    signals, n_issues, suspect = scores.audit_signals(y, is_test, oos_logits, out.clean_oos_logits, avg, self_infl,
-                                                      loss)
-    quality, score = signals["label_quality"], signals["corruption_score"]
+    signals, n_issues, suspect = scores.audit_signals(data.labels, is_test, out.oos_logits, out.clean_oos_logits,
+                                                      out.average_influence, out.self_influence, out.loss)
     clock.stop()
-    l2_scores, method_used = out.l2_scores, out.influence_method
     config = dict(
         label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
         weights=weights if isinstance(weights, (str, type(None))) else str(weights),
-        image_size=image_size, influence_method=method_used, method_requested=method,
-        regularization=l2, regularization_requested=str(regularization), folds=folds, seed=seed,
-        split=split, n_samples=len(y), n_train=int(tr.sum()), n_test=int(te.sum()),
-        n_parameters=infl.n_parameters(head), fields=audit_fields(key), version=__version__,
+        image_size=image_size, influence_method=out.influence_method, method_requested=method,
+        regularization=out.l2, regularization_requested=str(regularization), folds=folds, seed=seed,
+        split=split, n_samples=len(data.labels), n_train=int((~is_test).sum()), n_test=int(is_test.sum()),
+        n_parameters=infl.n_parameters(out.head), fields=audit_fields(key), version=__version__,
         cache_dir=cache_dir if isinstance(cache_dir, str) else None, train_last_block=bool(train_last_block),
         device=str(device), dask_workers=len(client.scheduler_info()["workers"]) if client is not None else None,
     )
 
     clock.start("write")
-    preds = [classification_doc(data.classes[int(p.argmax())], p.max(), lg) for p, lg in zip(oos_probs, oos_logits)]
-    values = {
-        "influence": avg.tolist(), "self_influence": self_infl.tolist(),
-        "label_quality": quality.tolist(), "corruption_score": score.tolist(),
-        "suspect": suspect.tolist(), "prediction": preds,
-    }
-    classes_arr = np.array(data.classes)
-    per_class = {c: int(((classes_arr[y] == c) & suspect).sum()) for c in data.classes}
-    results_doc = dict(
-        classes=data.classes, ids=data.ids.tolist(), labels=y.tolist(), is_test=is_test.tolist(),
-        head=head.state() if make_head is None else {"path": head_file(cache_dir, dataset.name, key)},
-        # None marks a feature dropped as constant on the training set (scale inf)
-        feature_mean=mean.tolist(), feature_std=[float(v) if np.isfinite(v) else None for v in std],
-        history=history, l2_scores={str(k): v for k, v in (l2_scores or {}).items()},
-        num_label_issues=n_issues, label_issues_per_class=per_class,
-        test_accuracy=float((test_pred == y[te]).mean()),
-        test_f1_macro=float(f1_score(y[te], test_pred, average="macro")),
-        test_confusion=confusion_matrix(y[te], test_pred, labels=range(n_classes)).tolist(),
-        features_computed=n_computed,
-    )
-    if make_head is not None:
-        import os
-
+    results_doc = _results_doc(data, is_test, out, mean, std, n_computed, n_issues, suspect)
+    if make_head is None:
+        results_doc["head"] = out.head.state()
+    else:  # a fine-tuned block is too big for a run document: a file beside the cache
         import torch
 
-        os.makedirs(os.path.dirname(results_doc["head"]["path"]), exist_ok=True)
-        torch.save(head.state_dict(), results_doc["head"]["path"])
+        path = head_file(cache_dir, samples._dataset.name, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(out.head.state_dict(), path)
+        results_doc["head"] = {"path": path}
     timings = dict(clock.timings)
     config["timings"] = timings
 
@@ -296,8 +240,75 @@ def audit(
         timings["write"] = clock.timings["write"]
         timings["total"] = round(time.perf_counter() - t_start, 4)
 
-    results = write_audit(samples, key, data.ids.tolist(), values, config, results_doc, signals=signals,
-                          predictions=oos_probs, overwrite=overwrite, before_commit=finish_timings)
+    oos_probs = softmax(out.oos_logits, axis=1)
+    results = write_audit(samples, key, data.ids.tolist(), _field_values(data.classes, signals, suspect, out.oos_logits),
+                          config, results_doc, signals=signals, predictions=oos_probs, overwrite=overwrite,
+                          before_commit=finish_timings)
     if on_progress:
         on_progress("done", 1.0)
     return results
+
+
+@dataclass
+class _Features:
+    """Standardised float64 features: ``x`` in memory, or ``blocks`` on Dask workers."""
+
+    x: np.ndarray | None
+    blocks: Blocks | None
+    mean: np.ndarray
+    std: np.ndarray
+    n_computed: int
+
+
+def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_progress, client):
+    """Stage 2: the backbone's features of ``paths``, standardised on the training rows."""
+    if client is not None:
+        blocks, mean, std, n_computed = distributed.feature_blocks(client, paths, bb, columns, batch_size, cache_dir)
+        return _Features(None, blocks, mean, std, n_computed)
+    raw, n_computed = feats.extract_features(
+        paths, bb, batch_size, cache_dir, progress,
+        on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
+    )
+    if raw_maps:  # a fine-tuned block's own batch norm expects the raw maps
+        mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
+    else:
+        mean, std = feats.standardization(raw, rows=columns["train"])
+    x = np.subtract(raw, mean, dtype=np.float64)  # the one float64 copy of the features
+    x /= std
+    return _Features(x, None, mean, std, n_computed)
+
+
+def _head_and_influence(features, columns, n_classes, l2, folds, seed, method, clock, make_head, progress, device):
+    """Stages 3-4: the linear head's closed form on row blocks, else pyDVL (the reference)."""
+    if make_head is None and method in ("auto", "linear"):
+        blocks = features.blocks
+        if blocks is None:
+            blocks = Blocks.from_arrays({"x": features.x, **columns}, device=device)
+        return pipeline.linear_signals(blocks, len(features.mean), n_classes, l2, folds, clock, progress, device)
+    return pipeline.reference_signals(features.x, columns["y"], ~columns["train"], columns["fold"], n_classes, l2,
+                                      folds, seed, method, clock, make_head, progress, device)
+
+
+def _results_doc(data, is_test, out, mean, std, n_computed, n_issues, suspect):
+    """What the run's results keep besides the fields (the head is added by the caller)."""
+    y, te = data.labels, is_test
+    classes = np.array(data.classes)
+    return dict(
+        classes=data.classes, ids=data.ids.tolist(), labels=y.tolist(), is_test=is_test.tolist(), head=None,
+        # None marks a feature dropped as constant on the training set (scale inf)
+        feature_mean=mean.tolist(), feature_std=[float(v) if np.isfinite(v) else None for v in std],
+        history=out.history, l2_scores={str(k): v for k, v in (out.l2_scores or {}).items()},
+        num_label_issues=n_issues, label_issues_per_class={c: int(((classes[y] == c) & suspect).sum()) for c in data.classes},
+        test_accuracy=float((out.test_pred == y[te]).mean()),
+        test_f1_macro=float(f1_score(y[te], out.test_pred, average="macro")),
+        test_confusion=confusion_matrix(y[te], out.test_pred, labels=range(len(classes))).tolist(),
+        features_computed=n_computed,
+    )
+
+
+def _field_values(classes, signals, suspect, oos_logits):
+    """The values of an audit's fields (see :data:`noise_audit.signals.FIELD_SIGNALS`)."""
+    probs = softmax(oos_logits, axis=1)
+    predictions = [classification_doc(classes[int(p.argmax())], p.max(), lg) for p, lg in zip(probs, oos_logits)]
+    return {s.field: signals[s.name].tolist() for s in FIELD_SIGNALS} | {
+        "suspect": suspect.tolist(), "prediction": predictions}

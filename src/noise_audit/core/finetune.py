@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from noise_audit.errors import NoiseAuditError
 from noise_audit.core.head import DTYPE
+from noise_audit.errors import NoiseAuditError
+
+# pyDVL solvers that scale to the block's parameters (no dense Hessian).
+BLOCK_METHODS = ("cg", "lissa", "arnoldi", "nystroem")
+BLOCK_DEFAULT_METHOD = "nystroem"  # cheap self-influence from a low-rank sketch
 
 
 class TrunkExtractor(torch.nn.Module):
