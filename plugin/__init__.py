@@ -1,10 +1,19 @@
 """The noise-audit FiftyOne plugin: operators and a panel over the library.
 
-Every operator here is a thin shell: ``resolve_input`` declares and checks the
-inputs (with the library's own validators, so the App shows the same message
-the Python API would raise) and ``execute`` calls one library function.
+Every operator here is a thin shell, in the style of voxel51/fiftyone-plugins:
+
+- ``resolve_input`` declares the inputs and checks them with the library's own
+  validators (so the App shows the same message the Python API would raise);
+  an operator that works on samples offers the target (dataset, current view,
+  selected samples) with ``inputs.view_target(ctx)``;
+- every form default is the library's: a library constant or the called
+  function's own default, read from its signature when the form is built;
+- ``execute`` calls one library function on ``ctx.target_view()`` with the
+  parameters the user gave, unchanged; a parameter left unset is not passed,
+  so the library's default applies.
 """
 
+import inspect
 import queue
 import threading
 
@@ -12,6 +21,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import noise_audit as na
+from noise_audit import validation
 from noise_audit.app import views as nav
 from noise_audit.core.data import classification_fields
 from noise_audit.errors import NoiseAuditError
@@ -20,15 +30,40 @@ from noise_audit.core.influence import METHODS
 from noise_audit.noise import STRATEGIES, check_targets, injected_fields
 from noise_audit.store.runs import check_key, list_audits
 
-from noise_audit.panel import NoiseAuditPanel
+from .panel import NoiseAuditPanel
 
-PLUGIN = "@noise-audit/noise-audit"
 # Audits of views larger than this default to delegated execution: features of
 # a few thousand images take minutes on a CPU, longer than an App request (and
 # the tab waiting on it) should be held. Smaller views run immediately, with
 # live progress in the App.
 IMMEDIATE_MAX_SAMPLES = 2000
-AUTO_TEST = "auto (val/test tags, else a 10% split)"
+# The form's name for na.audit's test=None (its default split, see na.audit).
+AUTO_TEST = "auto (val/test tags, else a stratified split)"
+# The library call's parameters each operator's form sets; passed through as given.
+INJECT_PARAMS = ("label_field", "fraction", "seed", "noisy_field", "flag_field", "strategy")
+REMOVE_PARAMS = ("noisy_field", "flag_field")
+AUDIT_PARAMS = ("label_field", "key", "overwrite", "backbone", "weights", "method", "regularization", "folds",
+                "image_size", "device")
+REPORT_PARAMS = ("key", "out_dir", "truth_field")
+
+
+def defaults(fn):
+    """``{parameter: default}`` of a library function, read now: a changed
+    library default changes the form."""
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def given(ctx, names):
+    """The parameters among ``names`` the user set (an empty text field counts
+    as unset), as keyword arguments for the library call."""
+    return {name: ctx.params[name] for name in names if ctx.params.get(name) not in (None, "")}
+
+
+def noisy_field_default(label_field):
+    """inject_label_noise's name for the noisy copy when ``noisy_field`` is not
+    given (the library has no constant or helper for it)."""
+    return f"{label_field}_noisy"
 
 
 def _error(inputs, message, name="error"):
@@ -37,12 +72,31 @@ def _error(inputs, message, name="error"):
     prop.invalid, prop.error_message = True, message
 
 
-def _label_field_input(ctx, inputs, label="Label field", description="The fo.Classification field to use"):
+def _check(inputs, check, *args, name="error"):
+    """Runs a library check; its error, if any, is shown and refuses execution."""
+    try:
+        check(*args)
+    except NoiseAuditError as e:
+        _error(inputs, str(e), name)
+        return False
+    return True
+
+
+def _check_params(ctx, inputs, checks):
+    """Checks each given parameter with the library's validator for it (the
+    form sets no bounds of its own: the library's are the rule)."""
+    for name, check in checks.items():
+        if ctx.params.get(name) is not None:
+            _check(inputs, check, ctx.params[name], name=f"{name}_error")
+
+
+def _label_field_input(ctx, inputs, library_default, label="Label field",
+                       description="The fo.Classification field to use"):
     fields = classification_fields(ctx.dataset)
     if not fields:
         _error(inputs, "This dataset has no fo.Classification field")
         return None
-    default = "ground_truth" if "ground_truth" in fields else fields[0]
+    default = library_default if library_default in fields else fields[0]
     inputs.enum("label_field", fields, default=default, required=True, label=label,
                 description=description, view=types.DropdownView())
     return ctx.params.get("label_field") or default
@@ -90,44 +144,47 @@ class InjectLabelNoise(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        label_field = _label_field_input(ctx, inputs, description="The clean labels (never modified)")
-        inputs.float("fraction", default=0.1, min=0.0, max=0.99, label="Fraction to flip",
-                     description="Share of the target samples whose label is flipped")
-        inputs.enum("strategy", list(STRATEGIES), default="uniform", label="Strategy",
+        d = defaults(na.inject_label_noise)
+        # flips only in the chosen samples (e.g. the current view = the train split); the copy covers the dataset
+        inputs.view_target(ctx, action_description="Flip labels in")
+        label_field = _label_field_input(ctx, inputs, d["label_field"], description="The clean labels (never modified)")
+        inputs.float("fraction", default=d["fraction"], label="Fraction to flip",
+                     description="Share of the target samples whose label is flipped, in [0, 1)")
+        inputs.enum("strategy", list(STRATEGIES), default=d["strategy"], label="Strategy",
                     description="uniform: any other class; pair: each class to one partner class; "
                     "confusion: ambiguous samples to the wrong class an earlier audit of the clean labels finds "
                     "likeliest; influential: samples with the highest average influence of an earlier audit",
                     view=types.RadioGroup())
-        inputs.int("seed", default=0, label="Seed")
-        noisy = ctx.params.get("noisy_field") or (f"{label_field}_noisy" if label_field else None)
+        inputs.int("seed", default=d["seed"], label="Seed")
+        noisy = ctx.params.get("noisy_field") or d["noisy_field"] or (
+            noisy_field_default(label_field) if label_field else None)
         inputs.str("noisy_field", default=noisy, label="Noisy label field", description="Where the noisy copy goes")
-        inputs.str("flag_field", default="label_flipped", label="Flip flag field",
+        inputs.str("flag_field", default=d["flag_field"], label="Flip flag field",
                    description="Boolean field: True where the label was flipped")
-        ctx.target_view()  # flips only in the chosen target (e.g. the current view = the train split)
-        flag = ctx.params.get("flag_field") or "label_flipped"
+        _check_params(ctx, inputs, {"fraction": validation.fraction, "seed": validation.seed})
         if label_field and noisy:
-            try:
-                check_targets(ctx.dataset, label_field, noisy, flag)
-            except NoiseAuditError as e:
-                _error(inputs, str(e))
+            _check(inputs, check_targets, ctx.dataset, label_field, noisy, ctx.params.get("flag_field") or d["flag_field"])
         return types.Property(inputs, view=types.View(label="Inject label noise"))
 
     def execute(self, ctx):
-        p = ctx.params
-        out = na.inject_label_noise(ctx.target_view(), p["label_field"], p.get("fraction", 0.1), p.get("seed", 0),
-                                    p.get("noisy_field"), p.get("flag_field", "label_flipped"), p.get("strategy", "uniform"))
+        out = na.inject_label_noise(ctx.target_view(), **given(ctx, INJECT_PARAMS))
         ctx.ops.reload_dataset()
         return {k: v for k, v in out.items() if k != "flipped_ids"}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.int("n_flipped", label="Labels flipped")
+        outputs.int("num_flipped", label="Labels flipped")
+        outputs.int("num_samples", label="Target samples")
+        outputs.str("strategy", label="Strategy")
         outputs.str("noisy_field", label="Noisy label field")
         outputs.str("flag_field", label="Flip flag field")
         return types.Property(outputs)
 
 
 class RemoveLabelNoise(foo.Operator):
+    """Deletes two fields of the dataset: a choice of samples would not change
+    what it does, so it offers none (no view target)."""
+
     @property
     def config(self):
         return foo.OperatorConfig(name="remove_label_noise", label="Noise audit: remove injected label noise",
@@ -144,13 +201,12 @@ class RemoveLabelNoise(foo.Operator):
         inputs.enum("noisy_field", noisy, default=noisy[0], required=True, label="Noisy label field",
                     view=types.DropdownView())
         chosen = ctx.params.get("noisy_field") or noisy[0]
-        flag = pairs.get(chosen) or "label_flipped"
+        flag = pairs.get(chosen) or defaults(na.remove_label_noise)["flag_field"]
         inputs.str("flag_field", default=flag, required=True, label="Flip flag field")
         return types.Property(inputs, view=types.View(label="Remove injected label noise"))
 
     def execute(self, ctx):
-        out = na.remove_label_noise(ctx.dataset, noisy_field=ctx.params["noisy_field"],
-                                    flag_field=ctx.params.get("flag_field") or "label_flipped")
+        out = na.remove_label_noise(ctx.dataset, **given(ctx, REMOVE_PARAMS))
         ctx.ops.reload_dataset()
         return out
 
@@ -170,33 +226,36 @@ class RunNoiseAudit(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        d = defaults(na.audit)
+        inputs.view_target(ctx, action_description="Audit")
         target = ctx.target_view()
-        label_field = _label_field_input(ctx, inputs, description="The labels to audit (e.g. the noisy copy)")
+        label_field = _label_field_input(ctx, inputs, d["label_field"],
+                                         description="The labels to audit (e.g. the noisy copy)")
         tags = sorted(target.distinct("tags"))
-        inputs.enum("test", [AUTO_TEST] + tags, default=AUTO_TEST, label="Test split",
+        inputs.enum("test", [AUTO_TEST] + tags, default=AUTO_TEST if d["test"] is None else d["test"], label="Test split",
                     description="Held-out samples whose mean gradient defines average influence", view=types.DropdownView())
-        inputs.str("key", default="noise_audit", label="Run key",
+        inputs.str("key", default=d["key"], label="Run key",
                    description="Run key and field prefix ({key}_corruption_score, ...)")
-        inputs.bool("overwrite", default=False, label="Overwrite an audit with this key")
-        inputs.enum("backbone", list(BACKBONES), default="efficientnet_lite0", label="Backbone",
+        inputs.bool("overwrite", default=d["overwrite"], label="Overwrite an audit with this key")
+        inputs.enum("backbone", list(BACKBONES), default=d["backbone"], label="Backbone",
                     description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them once (offline: give a path, or 'random')",
                     view=types.RadioGroup())
         inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
-        inputs.enum("method", ["auto"] + list(METHODS), default="auto", label="Influence solver",
-                    description="auto: closed-form influence of the linear head (exact solve); "
+        inputs.enum("method", list(dict.fromkeys((d["method"],) + METHODS)), default=d["method"], label="Influence solver",
+                    description=f"{d['method']}: closed-form influence of the linear head (exact solve); "
                     "the others are pyDVL's solvers", view=types.DropdownView())
-        inputs.float("regularization", default=3.0, min=1e-6, label="L2 regularization of the head")
-        inputs.int("folds", default=5, min=2, label="Cross-validation folds (cleanlab)")
-        inputs.int("image_size", default=224, min=32, label="Image size (px)")
-        inputs.enum("device", ["auto", "cpu", "cuda"], default="auto", label="Device",
-                    description="auto: a CUDA GPU when the server has one, else the CPU", view=types.DropdownView())
+        inputs.float("regularization", default=d["regularization"], label="L2 regularization of the head")
+        inputs.int("folds", default=d["folds"], label="Cross-validation folds (cleanlab)")
+        inputs.int("image_size", default=d["image_size"], label="Image size (px)")
+        inputs.enum("device", list(dict.fromkeys((d["device"], "cpu", "cuda"))), default=d["device"], label="Device",
+                    description=f"{d['device']}: a CUDA GPU when the server has one, else the CPU", view=types.DropdownView())
+        _check_params(ctx, inputs, {"regularization": validation.regularization, "folds": validation.folds,
+                                    "image_size": validation.image_size})
         if len(target) == 0:
             _error(inputs, "The target view is empty")
         elif label_field:
-            try:
-                check_key(ctx.dataset, ctx.params.get("key") or "noise_audit", bool(ctx.params.get("overwrite")))
-            except NoiseAuditError as e:
-                _error(inputs, str(e))
+            _check(inputs, check_key, ctx.dataset, ctx.params.get("key") or d["key"],
+                   ctx.params.get("overwrite") or d["overwrite"])
             if len(target) > IMMEDIATE_MAX_SAMPLES:
                 inputs.view("hint", types.Notice(label=f"{len(target)} samples: delegated execution is recommended "
                                                  "(run `fiftyone delegated launch` to execute queued operations)"))
@@ -208,16 +267,12 @@ class RunNoiseAudit(foo.Operator):
         return self._audit_streaming(ctx)
 
     def _audit(self, ctx, on_progress):
-        p = ctx.params
-        test = None if p.get("test", AUTO_TEST) == AUTO_TEST else p["test"]
-        key = p.get("key", "noise_audit")
-        na.audit(ctx.target_view(), label_field=p["label_field"], test=test, key=key,
-                           backbone=p.get("backbone", "efficientnet_lite0"), weights=p.get("weights") or None,
-                           image_size=int(p.get("image_size", 224)), method=p.get("method", "auto"),
-                           device=p.get("device", "auto"),
-                           regularization=float(p.get("regularization", 3.0)), folds=int(p.get("folds", 5)),
-                           overwrite=bool(p.get("overwrite")), progress=False, on_progress=on_progress)
-        return nav.summary(ctx.dataset, key)
+        test = ctx.params.get("test")
+        kwargs = given(ctx, AUDIT_PARAMS)
+        if test not in (None, AUTO_TEST):
+            kwargs["test"] = test
+        results = na.audit(ctx.target_view(), **kwargs, progress=False, on_progress=on_progress)
+        return nav.summary(ctx.dataset, results.key)
 
     def _audit_streaming(self, ctx):
         def on_update(stage, fraction):
@@ -238,10 +293,12 @@ class EvaluateNoiseAudit(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        inputs.view_target(ctx, action_description="Evaluate on")  # the audited samples of the target
         key = _audit_key_input(ctx, inputs)
         candidates = nav.truth_fields(ctx.dataset)
         if not candidates:
-            _error(inputs, "No boolean field marks known flips (e.g. label_flipped from 'inject label noise')", "no_truth")
+            flag = defaults(na.inject_label_noise)["flag_field"]
+            _error(inputs, f"No boolean field marks known flips (e.g. {flag} from 'inject label noise')", "no_truth")
         elif key:
             inputs.enum("truth_field", candidates, default=nav.default_truth_field(ctx.dataset) or candidates[0],
                         required=True, label="Truth field", description="True where the label is known to be wrong",
@@ -249,13 +306,15 @@ class EvaluateNoiseAudit(foo.Operator):
         return types.Property(inputs, view=types.View(label="Evaluate noise audit"))
 
     def execute(self, ctx):
-        summary = nav.summary(ctx.dataset, ctx.params["key"], ctx.params["truth_field"])
+        summary = nav.summary(ctx.target_view(), ctx.params["key"], ctx.params["truth_field"])
         rows = [{"signal": s, **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
                 for s, m in summary["metrics"].items()]
-        return {"metrics": rows, "corruption_auroc": summary["metrics"]["corruption_score"]["auroc"]}
+        return {"metrics": rows, "corruption_auroc": summary["metrics"]["corruption_score"]["auroc"],
+                "n_samples": summary["n_samples"]}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        outputs.int("n_samples", label="Audited samples evaluated")
         table = types.TableView()
         for col, label in (("signal", "Signal"), ("auroc", "AUROC"), ("average_precision", "AP"),
                            ("precision_at_k", "Precision@k"), ("recall_at_10pct", "Recall@10%"), ("k", "k (flipped)")):
@@ -265,6 +324,9 @@ class EvaluateNoiseAudit(foo.Operator):
 
 
 class DeleteNoiseAudit(foo.Operator):
+    """Deletes a run and its fields from the dataset: no view target (a choice
+    of samples would not change what it does)."""
+
     @property
     def config(self):
         return foo.OperatorConfig(name="delete_noise_audit", label="Noise audit: delete",
@@ -299,22 +361,19 @@ class GenerateNoiseReport(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        inputs.view_target(ctx, action_description="Report on")  # the audited samples of the target
         key = _audit_key_input(ctx, inputs)
-        ctx.target_view()  # the report covers the audited samples of the target
         if key:
             candidates = nav.truth_fields(ctx.dataset)
             inputs.enum("truth_field", candidates, default=nav.default_truth_field(ctx.dataset), label="Truth field (optional)",
                         description="Adds detection metrics against known flips", view=types.DropdownView())
             inputs.str("out_dir", required=True, label="Output directory",
-                       description="report.html, summary.json and summary.md are written here")
+                       description="report.html, summary.json and summary.md are written here (on the server)")
         return types.Property(inputs, view=types.View(label="Generate noise report"))
 
     def execute(self, ctx):
-        from noise_audit.reports.summary import report
-
-        p = ctx.params
-        summary = report(ctx.target_view(), p["key"], p["out_dir"], truth_field=p.get("truth_field") or None,
-                         progress=False, on_progress=lambda stage, f: ctx.set_progress(progress=f, label=f"report: {stage}"))
+        summary = na.report(ctx.target_view(), **given(ctx, REPORT_PARAMS), progress=False,
+                            on_progress=lambda stage, f: ctx.set_progress(progress=f, label=f"report: {stage}"))
         return {"report": summary["files"]["html"], "summary_json": summary["files"]["json"],
                 "summary_md": summary["files"]["markdown"]}
 

@@ -4,6 +4,7 @@ All numbers come from :mod:`noise_audit.app.views` and :func:`noise_audit.most_i
 the panel only lays them out and turns clicks into grid views.
 """
 
+import inspect
 from urllib.parse import quote
 
 import fiftyone.operators as foo
@@ -11,12 +12,14 @@ import fiftyone.operators.types as types
 
 import noise_audit as na
 from noise_audit.app import views as nav
+from noise_audit.app.plugin_install import PLUGIN_NAME as PLUGIN
 from noise_audit.errors import NoiseAuditError
 from noise_audit.store.runs import list_audits
 
-PLUGIN = "@noise-audit/noise-audit"
 NO_TRUTH = "(none)"
-TOP_N = 25
+# The library's defaults: rows of the suspect table, explaining images per side.
+TOP_N = inspect.signature(nav.suspects_table).parameters["n"].default
+K_EXPLAINED = inspect.signature(na.most_influential).parameters["k"].default
 HISTOGRAMS = {"corruption_score": "Corruption score by given label", "influence": "Average influence by given label"}
 METRIC_COLUMNS = (("signal", "Signal"), ("auroc", "AUROC"), ("average_precision", "AP"),
                   ("precision_at_k", "Precision@k"), ("recall_at_10pct", "Recall@10%"))
@@ -158,7 +161,7 @@ class NoiseAuditPanel(foo.Panel):
         if current.get("sample_id") == sample_id and current.get("key") == key:
             return  # already shown (the row action also changes the selection)
         try:
-            out = na.most_influential(ctx.dataset, sample_id, key, k=3)
+            out = na.most_influential(ctx.dataset, sample_id, key, k=K_EXPLAINED)
         except NoiseAuditError as e:
             ctx.panel.state.explanation = {"error": str(e)}
             return

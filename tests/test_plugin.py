@@ -6,8 +6,10 @@ by FiftyOne's delegated-operation service, and the progress it reports is read
 back from the stored operation while it runs.
 """
 
+import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,19 +18,50 @@ from pathlib import Path
 import pytest
 import fiftyone as fo
 import fiftyone.operators as foo
+import fiftyone.operators.types as types
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionError
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
 
 import noise_audit as na
-from noise_audit.core.auditing import STAGES
+from noise_audit.core.auditing import DEFAULT_L2, STAGES
+from noise_audit.core.features import BACKBONES
+from noise_audit.core.influence import METHODS
+from noise_audit.noise import STRATEGIES
 from noise_audit.app.plugin_install import INSTALL_NAME, install_plugin, plugin_source_dir, uninstall_plugin
 
 PLUGIN = "@noise-audit/noise-audit"
 OPERATORS = ("inject_label_noise", "run_noise_audit", "evaluate_noise_audit", "delete_noise_audit", "generate_noise_report")
+# The operators that work on samples (and so offer a view target) and those that
+# work on the dataset's fields and runs (a choice of samples changes nothing).
+TARGETED = ("inject_label_noise", "run_noise_audit", "evaluate_noise_audit", "generate_noise_report")
+DATASET_WIDE = ("remove_label_noise", "delete_noise_audit")
+FLIPPED = fo.ViewField("label_flipped") == True  # noqa: E712
 
 
-def run_op(name, dataset, view=None, **params):
-    return foo.execute_operator(f"{PLUGIN}/{name}", ctx={"dataset": dataset, "view": view, "params": params})
+def run_op(name, dataset, view=None, selected=None, **params):
+    return foo.execute_operator(f"{PLUGIN}/{name}", ctx={"dataset": dataset, "view": view, "selected": selected or [],
+                                                         "params": params})
+
+
+def form(name, dataset, view=None, selected=None, **params):
+    """The properties the operator's own ``resolve_input`` declares (not the
+    view target FiftyOne adds to a form by itself), as the App would get them."""
+    request = {"dataset_name": dataset.name, "view": (view or dataset.view())._serialize(),
+               "selected": selected or [], "params": params}
+    ctx = ExecutionContext(request, operator_uri=f"{PLUGIN}/{name}")
+    with ctx:
+        return foo.get_operator(f"{PLUGIN}/{name}").resolve_input(ctx).type.properties
+
+
+def library_defaults(fn):
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def with_defaults(monkeypatch, fn, **changed):
+    """Changes ``fn``'s defaults as ``inspect.signature`` reports them."""
+    sig = inspect.signature(fn)
+    params = [p.replace(default=changed[p.name]) if p.name in changed else p for p in sig.parameters.values()]
+    monkeypatch.setattr(fn, "__signature__", sig.replace(parameters=params), raising=False)
 
 
 @pytest.fixture
@@ -148,3 +181,110 @@ def test_report_operator_writes_the_report(noisy_dataset, tmp_path):
     direct = na.evaluate(ds, "rep_corruption_score", "label_flipped")
     assert summary["truth"]["metrics"]["corruption_score"]["auroc"] == pytest.approx(direct["auroc"])
     assert "rep" in Path(out["summary_md"]).read_text()
+
+
+def test_sample_operators_offer_the_view_target_and_dataset_wide_ones_do_not(make_small_dataset, plugins_dir):
+    ds = make_small_dataset(n_train=10, n_val=5)
+    view, selected = ds.match_tags("train"), ds.limit(3).values("id")
+    for name in TARGETED:
+        props = form(name, ds, view, selected)
+        assert isinstance(props.get("view_target"), types.ViewTargetProperty), name
+        # dataset, current view and selection offered; the most selective is the default
+        assert props["view_target"].type.values == ["DATASET", "CURRENT_VIEW", "SELECTED_SAMPLES"], name
+        assert props["view_target"].default == "SELECTED_SAMPLES", name
+    for name in DATASET_WIDE:
+        assert "view_target" not in form(name, ds, view, selected), name
+
+
+def test_inject_operator_flips_only_the_chosen_target(make_small_dataset, plugins_dir):
+    ds = make_small_dataset(n_train=40, n_val=10)
+    # the selection lies in the current view, as in the App
+    current = ds.match_tags("train")
+    selected = current.skip(30).limit(20).values("id")  # two classes
+    cases = {  # target: (flag field, the samples it names)
+        "SELECTED_SAMPLES": ("flip_sel", ds.select(selected)),
+        "CURRENT_VIEW": ("flip_view", current),
+        "DATASET": ("flip_all", ds),
+    }
+    for target, (flag, samples) in cases.items():
+        out = run_op("inject_label_noise", ds, current, selected, view_target=target, label_field="ground_truth",
+                     fraction=0.5, seed=2, noisy_field=f"{flag}_noisy", flag_field=flag).result
+        flipped = set(ds.match(fo.ViewField(flag) == True).values("id"))  # noqa: E712
+        assert out["num_samples"] == len(samples) and out["num_flipped"] == len(flipped) > 0, target
+        assert flipped <= set(samples.values("id")), target  # nothing outside the target was flipped
+        assert len(ds.exists(f"{flag}_noisy")) == len(ds)  # the noisy copy covers the dataset
+    # the dataset target reached samples outside both the current view and the selection
+    outside = set(ds.values("id")) - set(current.values("id")) - set(selected)
+    assert set(ds.match(fo.ViewField("flip_all") == True).values("id")) & outside
+
+
+def test_form_defaults_are_the_library_defaults(make_small_dataset, plugins_dir, monkeypatch):
+    ds = make_small_dataset(n_train=10, n_val=5)
+    inject, audit = library_defaults(na.inject_label_noise), library_defaults(na.audit)
+    props = form("inject_label_noise", ds)
+    for name in ("label_field", "fraction", "seed", "flag_field", "strategy"):
+        assert props[name].default == inject[name], name
+    assert props["strategy"].type.values == list(STRATEGIES)
+    assert props["noisy_field"].default == f"{inject['label_field']}_noisy"  # what the library names it
+    props = form("run_noise_audit", ds)
+    for name in ("label_field", "key", "overwrite", "backbone", "method", "regularization", "folds", "image_size",
+                 "device"):
+        assert props[name].default == audit[name], name
+    assert props["regularization"].default == DEFAULT_L2
+    assert props["backbone"].type.values == list(BACKBONES)
+    assert set(props["method"].type.values) == {audit["method"], *METHODS}
+
+    # Read from the library when the form is built: a changed default changes the form.
+    with_defaults(monkeypatch, na.inject_label_noise, fraction=0.25, seed=7, flag_field="other_flag", strategy="pair")
+    with_defaults(monkeypatch, na.audit, key="other_key", regularization=2 * DEFAULT_L2, folds=3, image_size=96,
+                  backbone=BACKBONES[-1])
+    props = form("inject_label_noise", ds)
+    assert (props["fraction"].default, props["seed"].default, props["flag_field"].default,
+            props["strategy"].default) == (0.25, 7, "other_flag", "pair")
+    props = form("run_noise_audit", ds)
+    assert (props["key"].default, props["regularization"].default, props["folds"].default, props["image_size"].default,
+            props["backbone"].default) == ("other_key", 2 * DEFAULT_L2, 3, 96, BACKBONES[-1])
+
+
+def test_audit_evaluate_report_operators_cover_only_the_target(noisy_dataset, tmp_path):
+    ds = noisy_dataset
+    ids = ds.values("id")
+    # current view: all but 15 samples; selection: all but 20 (both keep every class in train and val)
+    run_op("run_noise_audit", ds, ds.skip(15), ids[20:], view_target="SELECTED_SAMPLES",
+           label_field="ground_truth_noisy", image_size=64, key="part")
+    audited = ds.exists("part_corruption_score")
+    assert set(audited.values("id")) == set(ids[20:])
+
+    # evaluate on a selection of 5 flipped and 25 clean audited samples
+    chosen = audited.match(FLIPPED).limit(5).values("id") + audited.match(~FLIPPED).limit(25).values("id")
+    out = run_op("evaluate_noise_audit", ds, None, chosen, view_target="SELECTED_SAMPLES", key="part",
+                 truth_field="label_flipped").result
+    row = next(r for r in out["metrics"] if r["signal"] == "corruption_score")
+    assert out["n_samples"] == 30 and row["k"] == 5
+    direct = na.evaluate(ds.select(chosen), "part_corruption_score", "label_flipped", cleaning=False)
+    assert row["auroc"] == pytest.approx(direct["auroc"], abs=1e-4)
+
+    # the report of the audited train samples (the current view) only
+    train = ds.match_tags("train")
+    out = run_op("generate_noise_report", ds, train, view_target="CURRENT_VIEW", key="part", truth_field="label_flipped",
+                 out_dir=str(tmp_path / "r")).result
+    summary = json.loads(Path(out["summary_json"]).read_text())
+    in_report = train.exists("part_corruption_score")
+    assert summary["overview"]["n_in_report"] == len(in_report) < len(audited)
+    assert summary["overview"]["n_samples"] == len(audited)  # the run's own numbers stay the audit's
+    assert summary["truth"]["n_flipped"] == len(in_report.match(FLIPPED))
+
+
+def test_form_bounds_are_the_library_checks(make_small_dataset, plugins_dir):
+    ds = make_small_dataset(n_train=10, n_val=5)
+    for name, params, param in (("inject_label_noise", {"fraction": 1.0}, "fraction"),
+                                ("run_noise_audit", {"folds": 1}, "folds"),
+                                ("run_noise_audit", {"regularization": 0.0}, "regularization")):
+        with pytest.raises(na.NoiseAuditError) as direct:
+            (na.inject_label_noise if name == "inject_label_noise" else na.audit)(ds, **params)
+        error = form(name, ds, **params).get(f"{param}_error")
+        assert error is not None and error.invalid and error.error_message == str(direct.value), param
+        with pytest.raises(ExecutionError, match=re.escape(str(direct.value))):  # refused before any work
+            run_op(name, ds, label_field="ground_truth", **params)
+    # values the library takes are taken (no bound of the form's own)
+    assert not any(p.invalid for p in form("run_noise_audit", ds, folds=2, image_size=16).values())
