@@ -35,11 +35,20 @@ Solvers (``method``):
   ``ekfac``.
 
 Every function below takes either kind of fitted model.
+
+Nothing here changes torch's process-wide state (the App's plugin runs audits
+in a thread): tensors are created in float64 explicitly, and pyDVL's EK-FAC,
+which would allocate its factors in torch's default dtype, is the float64
+subclass of :mod:`noise_audit.core.pydvl_adapter`, the one module that uses
+pyDVL internals (to solve ``H^{-1} v`` for a vector of our own).
 """
 
 from __future__ import annotations
 
+from typing import Union, cast
+
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from pydvl.influence import InfluenceMode
@@ -51,39 +60,54 @@ from pydvl.influence.torch import (
     LissaInfluence,
     NystroemSketchInfluence,
 )
+from pydvl.influence.torch.base import TorchComposableInfluence
 from torch.utils.data import DataLoader, TensorDataset
 
+from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 from noise_audit.core.head import DTYPE, LinearHead, as_tensor
 from noise_audit.core.linear_influence import LinearHeadInfluence
+from noise_audit.core.pydvl_adapter import Float64EkfacInfluence, solve_hvp
+
+#: A fitted pyDVL influence model (any ``method`` but ``linear``).
+PydvlModel = Union[TorchComposableInfluence, EkfacInfluence]
+#: What :func:`fit_influence_model` returns.
+InfluenceModel = Union[LinearHeadInfluence, PydvlModel]
 
 PYDVL_METHODS = ("direct", "cg", "lissa", "arnoldi", "nystroem", "ekfac")
 METHODS = ("linear",) + PYDVL_METHODS
 DIRECT_MAX_PARAMS = 6000
 
 
-def n_parameters(head):
+def n_parameters(head: torch.nn.Module) -> int:
     return sum(p.numel() for p in head.parameters() if p.requires_grad)
 
 
-def resolve_method(method, head):
+def resolve_method(method: str, head: torch.nn.Module) -> str:
     """``auto`` -> ``linear`` for a :class:`LinearHead`; else ``direct`` for small heads, ``ekfac`` for large."""
     if method == "auto":
         if isinstance(head, LinearHead):
             return "linear"
         return "direct" if n_parameters(head) <= DIRECT_MAX_PARAMS else "ekfac"
-    if method not in METHODS:
-        raise NoiseAuditError(f"method must be 'auto' or one of {METHODS}, not {method!r}")
+    validation.influence_method(method)  # one of METHODS, or one clear error
     if method == "linear" and not isinstance(head, LinearHead):
         raise NoiseAuditError("method 'linear' needs the linear head (not train_last_block)")
     return method
 
 
-def _loader(x, y, batch_size=1024):
+def _loader(x, y, batch_size: int = 1024) -> DataLoader:
     return DataLoader(TensorDataset(as_tensor(x), torch.as_tensor(np.asarray(y), dtype=torch.long)), batch_size=batch_size)
 
 
-def fit_influence_model(head, x, y, l2, method="direct", rank=None, progress=False):
+def fit_influence_model(
+    head: torch.nn.Module,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    l2: float,
+    method: str = "direct",
+    rank: int | None = None,
+    progress: bool = False,
+) -> InfluenceModel:
     """A fitted pyDVL influence model of ``head`` on training data ``(x, y)``.
 
     ``l2`` is the head's training regularisation, passed as pyDVL's Hessian
@@ -91,13 +115,14 @@ def fit_influence_model(head, x, y, l2, method="direct", rank=None, progress=Fal
     """
     method = resolve_method(method, head)
     if method == "linear":
-        model = LinearHeadInfluence.from_head(head, l2).fit(np.asarray(x, dtype=np.float64), np.asarray(y))
-        model.method_name = method
-        return model
+        linear = LinearHeadInfluence.from_head(cast(LinearHead, head), l2).fit(np.asarray(x, dtype=np.float64), np.asarray(y))
+        linear.method_name = method
+        return linear
     head.cpu()  # pyDVL's solvers run here on the CPU, with the data loaders' tensors
     loss = F.cross_entropy
     p = n_parameters(head)
     rank = rank or min(p - 1, 100)
+    model: PydvlModel
     if method == "direct":
         model = DirectInfluence(head, loss, regularization=l2)
     elif method == "cg":
@@ -115,49 +140,52 @@ def fit_influence_model(head, x, y, l2, method="direct", rank=None, progress=Fal
     elif method == "nystroem":
         model = NystroemSketchInfluence(head, loss, regularization=l2, rank=rank)
     else:
-        model = EkfacInfluence(head, update_diagonal=True, hessian_regularization=l2, progress=progress)
-    model.method_name = method
-    # pyDVL's EK-FAC allocates its Kronecker factors in the default dtype;
-    # the head is float64, so fit under a float64 default.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPE)
-    try:
-        return model.fit(_loader(x, y))
-    finally:
-        torch.set_default_dtype(previous)
+        # pyDVL's own EK-FAC would accumulate its factors in torch's default
+        # dtype (float32); this one uses the head's (float64).
+        model = Float64EkfacInfluence(head, update_diagonal=True, hessian_regularization=l2, progress=progress)
+    model.method_name = method  # type: ignore[union-attr]  # our tag on pyDVL's object
+    return model.fit(_loader(x, y))
 
 
-def mean_gradient(head, x, y, batch_size=1024):
+def mean_gradient(head: torch.nn.Module, x: npt.ArrayLike, y: npt.ArrayLike, batch_size: int = 1024) -> torch.Tensor:
     """Mean over samples of the loss gradient, flattened in parameter order."""
+    y = np.asarray(y)
     params = [p for p in head.parameters() if p.requires_grad]
-    total = None
+    total: torch.Tensor | None = None
     for xb, yb in _loader(x, y, batch_size):
         loss = F.cross_entropy(head(xb), yb, reduction="sum")
         grads = torch.autograd.grad(loss, params)
         flat = torch.cat([g.flatten() for g in grads])
         total = flat if total is None else total + flat
+    if total is None:
+        raise NoiseAuditError("no samples to average the gradient over")
     return (total / len(y)).detach()
 
 
-def solve(model, rhs):
-    """``H^{-1} rhs`` for rows of ``rhs`` with the model's solver."""
-    if isinstance(model, EkfacInfluence):
-        return model._solve_hvp(rhs)
-    blocks = model.block_mapper.composable_block_dict
-    if len(blocks) != 1:
-        raise NoiseAuditError("Only the full (single-block) Hessian is supported")
-    (block,) = blocks.values()
-    return block.op.apply(rhs)
+def solve(model: PydvlModel, rhs: torch.Tensor) -> torch.Tensor:
+    """``H^{-1} rhs`` for rows of ``rhs`` with a pyDVL model's solver.
+
+    See :func:`noise_audit.core.pydvl_adapter.solve_hvp`.
+    """
+    return solve_hvp(model, rhs)
 
 
-def average_influence(model, head, x_test, y_test, x, y, batch_size=1024):
+def average_influence(
+    model: InfluenceModel,
+    head: torch.nn.Module,
+    x_test: npt.ArrayLike,
+    y_test: npt.ArrayLike,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """Mean influence of each ``(x, y)`` sample on the test set, one solve.
 
     Returns an array of shape ``(n,)``; equals
     ``influences(x_test, y_test, x, y).mean(0)`` up to solver accuracy.
     """
     if isinstance(model, LinearHeadInfluence):
-        return model.average_influence(x_test, y_test, x, np.asarray(y))
+        return model.average_influence(np.asarray(x_test), np.asarray(y_test), x, np.asarray(y))
     factors = solve(model, mean_gradient(head, x_test, y_test)[None, :].to(DTYPE))
     out = []
     for xb, yb in _loader(x, y, batch_size):
@@ -165,7 +193,7 @@ def average_influence(model, head, x_test, y_test, x, y, batch_size=1024):
     return torch.cat(out).detach().numpy()
 
 
-def self_influence(model, x, y, batch_size=None):
+def self_influence(model: InfluenceModel, x: npt.ArrayLike, y: npt.ArrayLike, batch_size: int | None = None) -> np.ndarray:
     """``<H^{-1} g_i, g_i>`` for each sample, shape ``(n,)``."""
     if isinstance(model, LinearHeadInfluence):
         return model.self_influence(x, np.asarray(y))
@@ -179,7 +207,14 @@ def self_influence(model, x, y, batch_size=None):
     return torch.cat(out).detach().numpy()
 
 
-def influences_on(model, x_test, y_test, x, y, batch_size=1024):
+def influences_on(
+    model: InfluenceModel,
+    x_test: npt.ArrayLike,
+    y_test: npt.ArrayLike,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """Influence of each training sample on each test sample, ``(m, n)``.
 
     The seed notebook's full matrix; used for single-image explanations (m=1)
