@@ -14,6 +14,8 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
+from typing import Any, cast
 
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
@@ -25,7 +27,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_GATE_FAILED = 0, 1, 2, 3
 class GateFailed(Exception):
     """The ``--fail-above`` gate failed; carries the command's normal output."""
 
-    def __init__(self, output, message):
+    output: str  # what the command prints on stdout
+
+    def __init__(self, output: str, message: str) -> None:
         super().__init__(message)
         self.output = output
 
@@ -63,7 +67,7 @@ def _view(dataset, tags):
     return dataset.match_tags(tags) if tags else dataset
 
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> str:
     from noise_audit.demo import run_demo
 
     out = run_demo(args.data, args.classes, args.fraction, args.strategy, args.seed, args.name,
@@ -71,7 +75,7 @@ def cmd_demo(args):
     return json.dumps(out, indent=2) if args.json else _format_demo(out)
 
 
-def cmd_import(args):
+def cmd_import(args: argparse.Namespace) -> str:
     from noise_audit.core.data import load_image_folder
 
     ds = load_image_folder(args.dir, name=args.name, overwrite=args.overwrite, classes=args.classes)
@@ -82,7 +86,7 @@ def cmd_import(args):
     return f"imported {out['n_samples']} samples into {out['dataset']!r}; tags {out['tags']}; {len(out['classes'])} classes"
 
 
-def cmd_inject(args):
+def cmd_inject(args: argparse.Namespace) -> str:
     from noise_audit.noise import inject_label_noise
 
     ds = _load_dataset(args.dataset)
@@ -95,7 +99,7 @@ def cmd_inject(args):
             f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
 
 
-def cmd_remove_noise(args):
+def cmd_remove_noise(args: argparse.Namespace) -> str:
     from noise_audit.noise import remove_label_noise
 
     ds = _load_dataset(args.dataset)
@@ -162,7 +166,7 @@ def _dask_client(spec):
     return connect(spec)
 
 
-def cmd_audit(args):
+def cmd_audit(args: argparse.Namespace) -> str:
     from noise_audit.core.auditing import audit
     from noise_audit.reports.summary import check_out_dir
 
@@ -196,7 +200,7 @@ def cmd_audit(args):
     return _finish(args, out, text, _gate(view, r.key, args.fail_above, out))
 
 
-def cmd_report(args):
+def cmd_report(args: argparse.Namespace) -> str:
     from noise_audit.reports.summary import check_out_dir
 
     ds = _load_dataset(args.dataset)
@@ -208,7 +212,7 @@ def cmd_report(args):
     return _finish(args, out, text, _gate(view, args.key, args.fail_above, out))
 
 
-def cmd_evaluate(args):
+def cmd_evaluate(args: argparse.Namespace) -> str:
     from noise_audit.metrics import evaluate
     from noise_audit.store.runs import audit_fields, load_audit
 
@@ -216,7 +220,7 @@ def cmd_evaluate(args):
     config, _ = load_audit(ds, args.key)
     view = ds.select(ds.load_run_results(args.key, load_view=False).ids)
     fields = audit_fields(args.key)
-    names = [s.field for s in SHOWN]
+    names = [cast(str, s.field) for s in SHOWN]
     out = {n: evaluate(view, fields[n], args.truth_field) for n in names}
     out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
                                                     label_field=config.label_field, cleaning=False)["per_label"]
@@ -239,11 +243,11 @@ def cmd_evaluate(args):
     ])
 
 
-def cmd_plugin(args):
+def cmd_plugin(args: argparse.Namespace) -> str:
     from noise_audit.app import plugin_install as pi
 
     if args.action == "path":
-        out = {"plugin_dir": str(pi.plugin_source_dir())}
+        out: dict[str, Any] = {"plugin_dir": str(pi.plugin_source_dir())}
     elif args.action == "install":
         target = pi.install_plugin(args.plugins_dir, copy=args.copy, overwrite=args.overwrite)
         out = {"installed": str(target), "mode": "copy" if args.copy else "link", "plugin": pi.PLUGIN_NAME}
@@ -257,7 +261,7 @@ def cmd_plugin(args):
     return next(iter(out.values())) if args.action == "path" else ("removed" if out["removed"] else "not installed")
 
 
-def add_report_options(sp):
+def add_report_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--truth-field", help="boolean field, True where a label is known to be wrong (adds detection quality)")
     sp.add_argument("--top-n", type=int, default=24, help="suspects shown in the report's grid (default 24)")
     sp.add_argument("--explain", type=int, default=3, metavar="N",
@@ -288,7 +292,7 @@ def _check_options(args):
             setattr(args, dest, rule(getattr(args, dest), "--" + dest.replace("_", "-")))
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="noise-audit", description="Find mislabeled images in FiftyOne datasets.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -446,7 +450,7 @@ def _quiet_dependencies():
         ours.addHandler(_OurMessages())
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_dependencies()
     stdout = sys.stdout

@@ -8,6 +8,7 @@ shipped inside scikit-learn, so it works offline) as PNGs in an
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -17,9 +18,11 @@ from noise_audit.core.features import default_cache_dir
 from noise_audit.metrics import detection_metrics
 from noise_audit.noise import inject_label_noise
 
+if TYPE_CHECKING:
+    from fiftyone.core.dataset import Dataset
 
 
-def write_digits_tree(root=None, val_fraction=0.1, seed=0):
+def write_digits_tree(root: str | None = None, val_fraction: float = 0.1, seed: int = 0) -> str:
     """Writes sklearn's 8x8 digits as PNGs under ``root`` (idempotent)."""
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -41,7 +44,7 @@ def write_digits_tree(root=None, val_fraction=0.1, seed=0):
     return root
 
 
-def _demo_dataset(data, name, classes):
+def _demo_dataset(data: str, name: str, classes: list[str] | None) -> Dataset:
     """The demo's dataset: re-imported unless an earlier demo imported the same files.
 
     A demo dataset records its source in ``dataset.info``; when name, folder,
@@ -66,9 +69,11 @@ def _demo_dataset(data, name, classes):
     return dataset
 
 
-def run_demo(data=None, classes=None, fraction=0.1, strategy="uniform", seed=0, name=None,
-             backbone="efficientnet_lite0", method="auto", image_size=None, key="noise_audit",
-             progress=True, cache_dir=None):
+def run_demo(data: str | None = None, classes: list[str] | None = None, fraction: float = 0.1,
+             strategy: str = "uniform", seed: int = 0, name: str | None = None,
+             backbone: str = "efficientnet_lite0", method: str = "auto", image_size: int | None = None,
+             key: str = "noise_audit", progress: bool = True,
+             cache_dir: str | Literal[False] | None = None) -> dict[str, Any]:
     """Runs the whole pipeline and returns the demo's result dict."""
     if data is None:
         data = write_digits_tree()
@@ -84,7 +89,7 @@ def run_demo(data=None, classes=None, fraction=0.1, strategy="uniform", seed=0, 
     truth = np.array(dataset.select(list(results.ids), ordered=True).values(injected["flag_field"]), dtype=bool)
     signals = results.suspicion()
 
-    def summary(v):
+    def summary(v: np.ndarray) -> dict[str, Any]:
         m = detection_metrics(v, truth)
         return {k: m[k] for k in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")}
 

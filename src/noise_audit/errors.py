@@ -1,5 +1,10 @@
 """The one exception type users catch."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 
 class NoiseAuditError(ValueError):
     """Bad input to a noise-audit function.
@@ -8,7 +13,7 @@ class NoiseAuditError(ValueError):
     """
 
 
-MISSING = "missing"  # the reason given for a file that does not exist
+MISSING: str = "missing"  # the reason given for a file that does not exist
 
 
 class UnreadableImages(NoiseAuditError):
@@ -18,9 +23,10 @@ class UnreadableImages(NoiseAuditError):
     error. The message lists the first :attr:`SHOWN` of them.
     """
 
-    SHOWN = 100
+    SHOWN: int = 100
+    files: list[tuple[str, str]]
 
-    def __init__(self, files):
+    def __init__(self, files: Iterable[tuple[Any, Any]]) -> None:
         self.files = [(str(path), str(reason)) for path, reason in files]
         n, n_missing = len(self.files), sum(reason == MISSING for _, reason in self.files)
         kinds = [f"{n_missing} missing"] if n_missing else []
@@ -34,5 +40,5 @@ class UnreadableImages(NoiseAuditError):
             f"fix or remove {'them' if n != 1 else 'it'}:\n  " + "\n  ".join(shown)
         )
 
-    def __reduce__(self):  # pickled whole, e.g. from a Dask worker
+    def __reduce__(self) -> tuple[type, tuple[list[tuple[str, str]]]]:  # pickled whole, e.g. from a Dask worker
         return type(self), (self.files,)

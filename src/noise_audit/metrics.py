@@ -11,17 +11,24 @@ Ranking metrics, computed with scikit-learn, for a score where higher means
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import higher_is_suspicious as _higher_is_suspicious
 
-INSPECT_FRACTIONS = (0.05, 0.10, 0.20)
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
+    from fiftyone.core.dataset import Dataset
+
+INSPECT_FRACTIONS: tuple[float, ...] = (0.05, 0.10, 0.20)
 
 
-def detection_metrics(scores, flipped):
+def detection_metrics(scores: npt.ArrayLike, flipped: npt.ArrayLike) -> dict[str, Any]:
     """Detection metrics of ``scores`` (higher = suspicious) against ``flipped``."""
     scores = np.asarray(scores, dtype=float)
     flipped = np.asarray(flipped, dtype=bool)
@@ -29,7 +36,7 @@ def detection_metrics(scores, flipped):
         raise NoiseAuditError("Need both flipped and clean samples to evaluate detection")
     order = np.argsort(-scores, kind="stable")
     k = int(flipped.sum())
-    out = {
+    out: dict[str, Any] = {
         "auroc": float(roc_auc_score(flipped, scores)),
         "average_precision": float(average_precision_score(flipped, scores)),
         "precision_at_k": float(flipped[order[:k]].mean()),
@@ -42,7 +49,7 @@ def detection_metrics(scores, flipped):
     return out
 
 
-def calibration(probability, flipped, bins=10):
+def calibration(probability: npt.ArrayLike, flipped: npt.ArrayLike, bins: int = 10) -> dict[str, Any]:
     """How well a probability of being wrong matches the observed share of flips.
 
     Returns ``{"ece", "mean_score", "error_rate", "bins": [...]}``: the
@@ -53,10 +60,12 @@ def calibration(probability, flipped, bins=10):
     """
     p, t = np.asarray(probability, dtype=float), np.asarray(flipped, dtype=bool)
     which = np.clip((p * bins).astype(int), 0, bins - 1)
-    table, ece = [], 0.0
+    table: list[dict[str, Any]] = []
+    ece = 0.0
     for k in range(bins):
         m = which == k
-        row = {"low": k / bins, "high": (k + 1) / bins, "n": int(m.sum()), "mean_score": None, "share_flipped": None}
+        row: dict[str, Any] = {"low": k / bins, "high": (k + 1) / bins, "n": int(m.sum()), "mean_score": None,
+                               "share_flipped": None}
         if m.any():
             row["mean_score"], row["share_flipped"] = float(p[m].mean()), float(t[m].mean())
             ece += m.mean() * abs(row["mean_score"] - row["share_flipped"])
@@ -64,7 +73,7 @@ def calibration(probability, flipped, bins=10):
     return {"ece": float(ece), "mean_score": float(p.mean()), "error_rate": float(t.mean()), "bins": table}
 
 
-def flag_metrics(flags, flipped):
+def flag_metrics(flags: npt.ArrayLike, flipped: npt.ArrayLike) -> dict[str, float]:
     """Precision, recall and F1 of boolean ``flags`` against ``flipped``."""
     from sklearn.metrics import precision_recall_fscore_support
 
@@ -73,13 +82,13 @@ def flag_metrics(flags, flipped):
     return {"precision": float(p), "recall": float(r), "f1": float(f), "n_flagged": int(np.sum(flags))}
 
 
-def pr_curve(scores, flipped):
+def pr_curve(scores: npt.ArrayLike, flipped: npt.ArrayLike) -> dict[str, list[float]]:
     """Precision-recall curve points ``{"precision": [...], "recall": [...]}``."""
     p, r, _ = precision_recall_curve(np.asarray(flipped, bool), np.asarray(scores, float))
     return {"precision": p.tolist(), "recall": r.tolist()}
 
 
-def per_label_table(scores, flipped, labels):
+def per_label_table(scores: npt.ArrayLike, flipped: npt.ArrayLike, labels: npt.ArrayLike) -> list[dict[str, Any]]:
     """The seed's table: per given label, mean score of clean and flipped samples."""
     scores, flipped, labels = np.asarray(scores, float), np.asarray(flipped, bool), np.asarray(labels)
     rows = []
@@ -97,8 +106,9 @@ def per_label_table(scores, flipped, labels):
     return rows
 
 
-def evaluate(samples, score_field, truth_field="label_flipped", label_field=None, higher_is_suspicious=None,
-             cleaning=True):
+def evaluate(samples: SampleCollection, score_field: str, truth_field: str = "label_flipped",
+             label_field: str | None = None, higher_is_suspicious: bool | None = None,
+             cleaning: bool = True) -> dict[str, Any]:
     """Detection metrics of a score field against a boolean truth field.
 
     Args:
@@ -149,7 +159,7 @@ def evaluate(samples, score_field, truth_field="label_flipped", label_field=None
     return out
 
 
-def _audit_of_score(dataset, score_field):
+def _audit_of_score(dataset: Dataset, score_field: str) -> str | None:
     """The key of the audit whose corruption score ``score_field`` is, else None."""
     from noise_audit.store.fields import field_info, is_own_field
 
@@ -161,7 +171,7 @@ def _audit_of_score(dataset, score_field):
     return None
 
 
-def _cleaning(samples, key, truth_field):
+def _cleaning(samples: SampleCollection, key: str, truth_field: str) -> dict[str, Any]:
     """What cleaning buys for audit ``key`` (see :mod:`noise_audit.core.cleaning`)."""
     import json
 

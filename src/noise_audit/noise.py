@@ -20,6 +20,8 @@ Four strategies:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
 
 import fiftyone as fo
@@ -31,8 +33,12 @@ from noise_audit.signals import BY_NAME, signal_of_field
 from noise_audit.store.fields import check_writable, dataset_lock, declare_field, field_info, has_role, is_own_field, write_values
 from noise_audit.core.flips import STRATEGIES, choose_flips
 
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
+    from fiftyone.core.dataset import Dataset
 
-def _find_influence_field(dataset):
+
+def _find_influence_field(dataset: Dataset) -> str:
     fields = [
         n
         for n in dataset.get_field_schema()
@@ -51,15 +57,15 @@ def _find_influence_field(dataset):
 NOISY_ROLE, FLAG_ROLE = "noise:noisy", "noise:flag"  # info.role of the two fields an injection writes
 
 
-def _legacy_noisy(info, field):  # written before roles: the copy is a Classification field
+def _legacy_noisy(info: dict[str, Any], field: Any) -> bool:  # written before roles: the copy is a Classification field
     return "source_field" in info and getattr(field, "document_type", None) is fo.Classification
 
 
-def _legacy_flag(info, field):
+def _legacy_flag(info: dict[str, Any], field: Any) -> bool:
     return "source_field" in info and isinstance(field, fo.BooleanField)
 
 
-def check_targets(dataset, label_field, noisy_field, flag_field):
+def check_targets(dataset: Dataset, label_field: str, noisy_field: str, flag_field: str) -> None:
     """Raises unless ``noisy_field`` and ``flag_field`` are two fields an
     injection may write: absent, or written by an injection for that same
     purpose (never a user's field, an audit's, or the other one's)."""
@@ -71,16 +77,17 @@ def check_targets(dataset, label_field, noisy_field, flag_field):
     check_writable(dataset, [flag_field], role=FLAG_ROLE, legacy=_legacy_flag)
 
 
-def injected_fields(dataset):
+def injected_fields(dataset: Dataset) -> dict[str, str]:
     """``{noisy field: its flag field}`` of the injections present on ``dataset``."""
-    out = {}
+    out: dict[str, str] = {}
     for name in dataset.get_field_schema():
         if has_role(dataset, name, NOISY_ROLE, _legacy_noisy):
-            out[name] = field_info(dataset, name).get("flag_field", "label_flipped")
+            out[name] = cast("dict[str, Any]", field_info(dataset, name)).get("flag_field", "label_flipped")
     return out
 
 
-def remove_label_noise(samples, label_field="ground_truth", noisy_field=None, flag_field="label_flipped"):
+def remove_label_noise(samples: SampleCollection, label_field: str = "ground_truth", noisy_field: str | None = None,
+                       flag_field: str = "label_flipped") -> dict[str, list[str]]:
     """Undoes :func:`inject_label_noise`: deletes the noisy copy and the flag
     field it wrote, and nothing else.
 
@@ -113,7 +120,9 @@ def remove_label_noise(samples, label_field="ground_truth", noisy_field=None, fl
         if wrong:
             raise NoiseAuditError(f"Fields {wrong} were not written by inject_label_noise as the noisy copy and the "
                                   "flag (in that order); nothing removed")
-        noisy_info, flag_info = field_info(dataset, noisy_field), field_info(dataset, flag_field)
+        # both fields exist (checked above): their info is a dict
+        noisy_info = cast("dict[str, Any]", field_info(dataset, noisy_field))
+        flag_info = cast("dict[str, Any]", field_info(dataset, flag_field))
         if noisy_info.get("flag_field", flag_field) != flag_field or flag_info.get("noisy_field", noisy_field) != noisy_field:
             raise NoiseAuditError(f"{noisy_field!r} and {flag_field!r} were written by two different injections "
                                   f"({noisy_field!r} goes with {noisy_info.get('flag_field')!r}); nothing removed")
@@ -121,7 +130,8 @@ def remove_label_noise(samples, label_field="ground_truth", noisy_field=None, fl
     return {"removed": [noisy_field, flag_field]}
 
 
-def _reference_probs(dataset, samples, prediction_field, all_classes):
+def _reference_probs(dataset: Dataset, samples: SampleCollection, prediction_field: str | None,
+                     all_classes: list[str]) -> np.ndarray:
     """Out-of-sample class probabilities of an earlier audit, in ``all_classes`` order."""
     from scipy.special import softmax
 
@@ -144,16 +154,16 @@ def _reference_probs(dataset, samples, prediction_field, all_classes):
 
 
 def inject_label_noise(
-    samples,
-    label_field="ground_truth",
-    fraction=0.1,
-    seed=0,
-    noisy_field=None,
-    flag_field="label_flipped",
-    strategy="uniform",
-    influence_field=None,
-    prediction_field=None,
-):
+    samples: SampleCollection,
+    label_field: str = "ground_truth",
+    fraction: float = 0.1,
+    seed: int = 0,
+    noisy_field: str | None = None,
+    flag_field: str = "label_flipped",
+    strategy: str = "uniform",
+    influence_field: str | None = None,
+    prediction_field: str | None = None,
+) -> dict[str, Any]:
     """Writes a copy of the labels with a known share of them flipped.
 
     The copy goes to ``noisy_field`` (default ``f"{label_field}_noisy"``) for
@@ -204,11 +214,11 @@ def inject_label_noise(
     idx, new = choose_flips(labels, len(all_classes), fraction, strategy, seed, influence, reference)
 
     all_ids, all_labels = dataset.values(["id", label_field])
-    noisy = {i: (lab.copy() if lab is not None else None) for i, lab in zip(all_ids, all_labels)}
+    noisy: dict[str, Any] = {i: (lab.copy() if lab is not None else None) for i, lab in zip(all_ids, all_labels)}
     for i, c in zip(idx, new):
         noisy[data.ids[i]].label = all_classes[c]
     flipped_ids = set(data.ids[idx].tolist())
-    info = dict(source_field=label_field, strategy=strategy, fraction=fraction, seed=seed,
+    info: dict[str, Any] = dict(source_field=label_field, strategy=strategy, fraction=fraction, seed=seed,
                 noisy_field=noisy_field, flag_field=flag_field)
     with dataset_lock(dataset):  # schema changes one process at a time, from the stored schema
         check_targets(dataset, label_field, noisy_field, flag_field)

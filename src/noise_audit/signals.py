@@ -14,6 +14,7 @@ likely mislabeled".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -67,8 +68,8 @@ def signal_of_field(field_name: str) -> Signal | None:
     The longest matching suffix wins, so ``x_self_influence`` is
     self-influence, not average influence.
     """
-    matches = [s for s in FIELD_SIGNALS if field_name == s.field or field_name.endswith("_" + s.field)]
-    return max(matches, key=lambda s: len(s.field), default=None)
+    matches = [s for s in FIELD_SIGNALS if field_name == s.field or field_name.endswith("_" + cast(str, s.field))]
+    return max(matches, key=lambda s: len(cast(str, s.field)), default=None)
 
 
 def higher_is_suspicious(field_name: str) -> bool:

@@ -15,13 +15,18 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from noise_audit.errors import NoiseAuditError
 
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
 
-def _shown(value, name):
+
+def _shown(value: Any, name: str) -> str:
     """``value`` for a message: its repr, and its type when that is the problem
     (not for a CLI option, ``--name``, whose values are all text)."""
     if name.startswith("--") or isinstance(value, (bool, numbers.Real)) or value is None:
@@ -29,11 +34,11 @@ def _shown(value, name):
     return f"{value!r} (a {type(value).__name__})"
 
 
-def _is_number(value):
+def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def integer(value, name, minimum=0, unit=""):
+def integer(value: Any, name: str, minimum: int = 0, unit: str = "") -> int:
     """``value`` as an ``int``; raises unless it is a whole number ``>= minimum``.
 
     Integer types of numpy count, and so does a whole float (``64.0``, as a
@@ -46,7 +51,7 @@ def integer(value, name, minimum=0, unit=""):
     return int(value)
 
 
-def fraction(value, name="fraction"):
+def fraction(value: Any, name: str = "fraction") -> float:
     """``value`` as a ``float`` in ``[0, 1)``; raises otherwise (see the module doc on strings)."""
     if not (_is_number(value) and 0 <= value < 1):
         hint = ""
@@ -59,7 +64,7 @@ def fraction(value, name="fraction"):
     return float(value)
 
 
-def regularization(value, name="regularization"):
+def regularization(value: Any, name: str = "regularization") -> float | str:
     """``"auto"`` or a positive finite ``float`` (a numeric string is converted)."""
     if isinstance(value, str) and value == "auto":
         return value
@@ -75,24 +80,24 @@ def regularization(value, name="regularization"):
     return number
 
 
-def image_size(value, name="image_size"):
+def image_size(value: Any, name: str = "image_size") -> int:
     return integer(value, name, 1, " (pixels)")
 
 
-def seed(value, name="seed"):
+def seed(value: Any, name: str = "seed") -> int:
     return integer(value, name, 0)
 
 
-def folds(value, name="folds"):
+def folds(value: Any, name: str = "folds") -> int:
     return integer(value, name, 2)
 
 
-def count(value, name):
+def count(value: Any, name: str) -> int:
     """A number of things to show or do, ``0`` allowed (e.g. ``top_n``, ``n_explained``)."""
     return integer(value, name, 0)
 
 
-def check_split(classes, labels, is_test):
+def check_split(classes: Sequence[str], labels: np.ndarray, is_test: np.ndarray) -> None:
     """Raises when a class has held-out samples but no training ones.
 
     The head could never predict such a class: its samples would all look
@@ -108,7 +113,7 @@ def check_split(classes, labels, is_test):
         )
 
 
-def influence_method(method, train_last_block=False, distributed=False):
+def influence_method(method: str, train_last_block: bool = False, distributed: bool = False) -> str:
     """The influence solver an audit will use; raises for one it cannot.
 
     ``"auto"`` stays ``"auto"`` (the linear head's closed form, else pyDVL's
@@ -130,13 +135,14 @@ def influence_method(method, train_last_block=False, distributed=False):
     return method
 
 
-def non_empty(samples, what="The view is empty: there is nothing to audit"):
+def non_empty(samples: SampleCollection | None, what: str = "The view is empty: there is nothing to audit") -> None:
     """Raises unless ``samples`` is a collection with at least one sample."""
     if samples is None or len(samples) == 0:
         raise NoiseAuditError(what)
 
 
-def truth_field(samples, name, *, both_values=False, optional=False):
+def truth_field(samples: SampleCollection, name: str | None, *, both_values: bool = False,
+                optional: bool = False) -> None:
     """Raises unless ``name`` is a ``BooleanField`` of ``samples`` (True = the label is wrong).
 
     Args:
@@ -165,7 +171,7 @@ def truth_field(samples, name, *, both_values=False, optional=False):
             )
 
 
-def out_dir(path, files):
+def out_dir(path: str | os.PathLike[str], files: Iterable[str]) -> str:
     """``path`` made absolute; raises unless it is, or can be made, a writable
     folder in which none of ``files`` is a folder."""
     if not path or not isinstance(path, (str, os.PathLike)):

@@ -21,7 +21,7 @@ PLUGIN_NAME = "@noise-audit/noise-audit"
 INSTALL_NAME = "noise-audit"
 
 
-def plugin_source_dir():
+def plugin_source_dir() -> Path:
     """The folder holding the plugin's ``fiftyone.yml`` and ``__init__.py``."""
     spec = importlib.util.find_spec("noise_audit_plugin")
     if spec is None or not spec.submodule_search_locations:
@@ -29,12 +29,13 @@ def plugin_source_dir():
     return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
-def _is_ours(path):
+def _is_ours(path: str | os.PathLike[str]) -> bool:
     yml = Path(path) / "fiftyone.yml"
     return yml.is_file() and PLUGIN_NAME in yml.read_text()
 
 
-def install_plugin(plugins_dir=None, copy=False, overwrite=False):
+def install_plugin(plugins_dir: str | os.PathLike[str] | None = None, copy: bool = False,
+                   overwrite: bool = False) -> Path:
     """Makes the plugin visible to FiftyOne.
 
     Args:
@@ -65,7 +66,7 @@ def install_plugin(plugins_dir=None, copy=False, overwrite=False):
     return target
 
 
-def uninstall_plugin(plugins_dir=None):
+def uninstall_plugin(plugins_dir: str | os.PathLike[str] | None = None) -> bool:
     """Removes the plugin from ``plugins_dir``; returns whether it was there."""
     plugins_dir = Path(plugins_dir or fo.config.plugins_dir or Path.home() / "fiftyone" / "__plugins__").expanduser()
     target = plugins_dir / INSTALL_NAME

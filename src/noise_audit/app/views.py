@@ -17,6 +17,8 @@ Python:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import fiftyone as fo
@@ -29,28 +31,33 @@ from noise_audit.store.fields import is_own_field
 from noise_audit.metrics import evaluate
 from noise_audit.store.runs import audit_fields, load_audit
 
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
+    from fiftyone.core.dataset import Dataset
+    from fiftyone.core.view import DatasetView
+
 # The signals a histogram or a metric row can show (by field suffix), with how to read them.
-SIGNALS = {s.field: s.label for s in SHOWN}
+SIGNALS: dict[str, str] = {cast(str, s.field): s.label for s in SHOWN}
 CLEAN, FLIPPED = "clean", "flipped"
 # Bar colours per truth group; labels get plotly's default palette.
 GROUP_COLORS = {CLEAN: "#4c78a8", FLIPPED: "#e45756"}
 LABEL_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac", "#72b7b2", "#eeca3b", "#e45756")
 
 
-def _field(key, signal):
+def _field(key: str, signal: str) -> str:
     fields = audit_fields(key)
     if signal not in fields:
         raise NoiseAuditError(f"Unknown signal {signal!r}; one of {sorted(SIGNALS)}")
     return fields[signal]
 
 
-def truth_fields(dataset):
+def truth_fields(dataset: Dataset) -> list[str]:
     """Boolean sample fields that can mark known flips (not an audit's own ``*_suspect``)."""
     schema = dataset.get_field_schema(ftype=fo.BooleanField)
     return sorted(n for n, f in schema.items() if not (is_own_field(dataset, n) and (f.info or {}).get("signal")))
 
 
-def default_truth_field(dataset):
+def default_truth_field(dataset: Dataset) -> str | None:
     """``label_flipped`` if present, else the only candidate, else ``None``."""
     names = truth_fields(dataset)
     if "label_flipped" in names:
@@ -58,28 +65,29 @@ def default_truth_field(dataset):
     return names[0] if len(names) == 1 else None
 
 
-def audited(samples, key):
+def audited(samples: SampleCollection, key: str) -> DatasetView:
     """The samples of ``samples`` that audit ``key`` scored."""
     return samples.exists(_field(key, "corruption_score"))
 
 
-def top_suspects(samples, key):
+def top_suspects(samples: SampleCollection, key: str) -> DatasetView:
     """Audited samples, most suspicious first (by corruption score)."""
     return audited(samples, key).sort_by(_field(key, "corruption_score"), reverse=True)
 
 
-def flagged(samples, key):
+def flagged(samples: SampleCollection, key: str) -> DatasetView:
     """Samples the audit flagged as suspects, most suspicious first."""
     return top_suspects(samples, key).match(F(_field(key, "suspect")) == True)  # noqa: E712
 
 
-def flipped(samples, key, truth_field):
+def flipped(samples: SampleCollection, key: str, truth_field: str) -> DatasetView:
     """Samples whose label is known to be flipped, most suspicious first."""
     validation.truth_field(samples, truth_field, optional=True)
     return top_suspects(samples, key).match(F(truth_field) == True)  # noqa: E712
 
 
-def score_bin(samples, key, signal, low, high, label=None, group=None, truth_field=None):
+def score_bin(samples: SampleCollection, key: str, signal: str, low: float, high: float, label: str | None = None,
+              group: str | None = None, truth_field: str | None = None) -> DatasetView:
     """Samples in one histogram bar: ``low <= signal < high``, one label, one group."""
     field = _field(key, signal)
     view = audited(samples, key).match((F(field) >= low) & (F(field) < high))
@@ -91,12 +99,13 @@ def score_bin(samples, key, signal, low, high, label=None, group=None, truth_fie
     return view.sort_by(_field(key, "corruption_score"), reverse=True)
 
 
-def _label_field(samples, key):
+def _label_field(samples: SampleCollection, key: str) -> str:
     config, _ = load_audit(samples._dataset, key)
     return config.label_field
 
 
-def histogram(samples, key, signal="corruption_score", truth_field=None, bins=30):
+def histogram(samples: SampleCollection, key: str, signal: str = "corruption_score", truth_field: str | None = None,
+              bins: int = 30) -> dict[str, Any]:
     """Counts of ``signal`` per given label (and clean/flipped), on shared bins.
 
     Returns:
@@ -127,7 +136,7 @@ def histogram(samples, key, signal="corruption_score", truth_field=None, bins=30
     return {"signal": signal, "field": field, "edges": edges.tolist(), "series": series}
 
 
-def histogram_traces(hist):
+def histogram_traces(hist: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Plotly bar traces of :func:`histogram`; each bar's id is ``label|group|bin``."""
     edges = np.asarray(hist["edges"])
     centers, widths = ((edges[:-1] + edges[1:]) / 2).tolist(), np.diff(edges).tolist()
@@ -146,14 +155,15 @@ def histogram_traces(hist):
     return traces
 
 
-def bin_of(hist, bar_id):
+def bin_of(hist: Mapping[str, Any], bar_id: str) -> tuple[float, float, str, str | None]:
     """``(low, high, label, group)`` of the bar ``bar_id`` of :func:`histogram_traces`."""
     label, group, index = bar_id.rsplit("|", 2)
-    index = int(index)
-    return hist["edges"][index], hist["edges"][index + 1], label, group or None
+    i = int(index)
+    return hist["edges"][i], hist["edges"][i + 1], label, group or None
 
 
-def suspects_table(samples, key, n=25, truth_field=None):
+def suspects_table(samples: SampleCollection, key: str, n: int = 25,
+                   truth_field: str | None = None) -> list[dict[str, Any]]:
     """The ``n`` most suspicious samples as rows for a table.
 
     Each row: ``id``, ``filepath``, ``given`` and ``predicted`` label, the
@@ -175,7 +185,7 @@ def suspects_table(samples, key, n=25, truth_field=None):
     return [dict(zip(names, row)) for row in zip(*columns)]
 
 
-def summary(samples, key, truth_field=None):
+def summary(samples: SampleCollection, key: str, truth_field: str | None = None) -> dict[str, Any]:
     """Facts of audit ``key`` and, with ``truth_field``, detection metrics per signal."""
     validation.truth_field(samples, truth_field, optional=True)
     config, results = load_audit(samples._dataset, key)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy.special import softmax
@@ -36,6 +38,12 @@ from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store.fields import classification_doc
 from noise_audit.store.runs import AuditResults, audit_fields, check_key, write_audit  # noqa: F401 (AuditResults re-exported)
+
+if TYPE_CHECKING:
+    import torch
+    from dask.distributed import Client
+    from fiftyone.core.collections import SampleCollection
+    from PIL import Image
 
 DEFAULT_L2 = 3.0
 STAGES = ("features", "head", "cross_validation", "influence", "scores", "write")
@@ -88,7 +96,9 @@ class _Clock:
         self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + elapsed, 4)
 
 
-def build_backbone(backbone, weights, transform, image_size, seed, train_last_block):
+def build_backbone(backbone: str | torch.nn.Module | feats.Backbone, weights: str | os.PathLike[str] | None,
+                   transform: Callable[[Image.Image], torch.Tensor] | None, image_size: int, seed: int,
+                   train_last_block: bool) -> tuple[feats.Backbone, Callable[[int], torch.nn.Module] | None]:
     """``(feature extractor, make_head or None)`` for an audit's settings."""
     bb = feats.get_backbone(backbone, weights, transform, image_size, seed)
     if not train_last_block:
@@ -98,7 +108,7 @@ def build_backbone(backbone, weights, transform, image_size, seed, train_last_bl
     return trunk_bb, make_head
 
 
-def head_file(cache_dir, dataset_name, key):
+def head_file(cache_dir: str | Literal[False] | None, dataset_name: str, key: str) -> str:
     """Where the weights of a fine-tuned last block are kept (too big for a run doc)."""
     import hashlib
 
@@ -108,27 +118,27 @@ def head_file(cache_dir, dataset_name, key):
 
 
 def audit(
-    samples,
-    label_field="ground_truth",
-    test=None,
-    key="noise_audit",
-    backbone="efficientnet_lite0",
-    weights=None,
-    transform=None,
-    image_size=224,
-    method="auto",
-    regularization=DEFAULT_L2,
-    folds=5,
-    seed=0,
-    batch_size=64,
-    cache_dir=None,
-    overwrite=False,
-    progress=True,
-    on_progress=None,
-    train_last_block=False,
-    device="auto",
-    client=None,
-):
+    samples: SampleCollection,
+    label_field: str = "ground_truth",
+    test: str | SampleCollection | None = None,
+    key: str = "noise_audit",
+    backbone: str | torch.nn.Module = "efficientnet_lite0",
+    weights: str | os.PathLike[str] | None = None,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    image_size: int = 224,
+    method: str = "auto",
+    regularization: float | str = DEFAULT_L2,
+    folds: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    cache_dir: str | Literal[False] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_progress: Callable[[str, float], Any] | None = None,
+    train_last_block: bool = False,
+    device: torch.device | str | None = "auto",
+    client: Client | None = None,
+) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
     Fine-tunes a softmax head on frozen backbone features, computes pyDVL
@@ -235,7 +245,7 @@ def audit(
     timings = dict(clock.timings)
     config["timings"] = timings
 
-    def finish_timings():  # called by write_audit once the values are written, before the run is stored
+    def finish_timings() -> None:  # called by write_audit once the values are written, before the run is stored
         clock.stop()
         timings["write"] = clock.timings["write"]
         timings["total"] = round(time.perf_counter() - t_start, 4)

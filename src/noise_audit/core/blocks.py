@@ -22,25 +22,38 @@ functions ``f(block, *args)`` so Dask can ship them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Tuple, Union, cast
+
 import numpy as np
+import numpy.typing as npt
 import torch
+
+if TYPE_CHECKING:
+    from dask.distributed import Client
+
+# A block: equally long per-row arrays (numpy or torch) by column name.
+Block = Dict[str, Any]
+# Which rows of a block (see :func:`select`): "all", "train", "test", ("fold", k) or ("not_fold", k).
+Rows = Union[str, Tuple[str, int]]
 
 BLOCK_ROWS = 16384  # bounds every per-block temporary (n_rows x d floats)
 
 
-def as_tensor(a, device=None, dtype=None):
+def as_tensor(a: npt.ArrayLike | torch.Tensor, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
     """A tensor view of ``a`` (numpy or torch), on ``device`` when given."""
     t = a if torch.is_tensor(a) else torch.as_tensor(np.asarray(a))
     return t.to(device=device, dtype=dtype) if device is not None or dtype is not None else t
 
 
-def _add(a, b):
+def _add(a: Any, b: Any) -> Any:
     if isinstance(a, tuple):
         return tuple(_add(u, v) for u, v in zip(a, b))
     return a + b
 
 
-def _sum_all(*parts):
+def _sum_all(*parts: Any) -> Any:
     out = parts[0]
     for p in parts[1:]:
         out = _add(out, p)
@@ -56,11 +69,16 @@ class Blocks:
         client: the Dask client holding ``parts``, or ``None`` (local).
     """
 
-    def __init__(self, parts, sizes, client=None):
+    parts: list[Any]
+    sizes: list[int]
+    client: Client | None
+
+    def __init__(self, parts: Iterable[Any], sizes: Iterable[int], client: Client | None = None) -> None:
         self.parts, self.sizes, self.client = list(parts), list(sizes), client
 
     @classmethod
-    def from_arrays(cls, columns, rows=BLOCK_ROWS, client=None, device=None):
+    def from_arrays(cls, columns: Mapping[str, Any], rows: int = BLOCK_ROWS, client: Client | None = None,
+                    device: torch.device | str | None = None) -> Blocks:
         """Cuts equally long arrays (``x``, ``y``, ...) into blocks.
 
         Local blocks are views (tensors on ``device``); with a client they are
@@ -76,16 +94,16 @@ class Blocks:
         return cls(parts, [e - s for s, e in bounds], client)
 
     @property
-    def n(self):
+    def n(self) -> int:
         return sum(self.sizes)
 
-    def map(self, fn, *args):
+    def map(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
         """``[fn(block, *args) for each block]``, gathered here, in block order."""
         if self.client is None:
             return [fn(part, *args) for part in self.parts]
         return self.client.gather([self.client.submit(fn, part, *args, pure=False) for part in self.parts])
 
-    def map_sum(self, fn, *args):
+    def map_sum(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``sum(fn(block, *args))`` over blocks (tuples are summed element-wise)."""
         if self.client is None:
             return _sum_all(*(fn(part, *args) for part in self.parts))
@@ -94,18 +112,18 @@ class Blocks:
             futures = [self.client.submit(_sum_all, *futures[i : i + 2], pure=False) for i in range(0, len(futures), 2)]
         return self.client.gather(futures[0])
 
-    def map_concat(self, fn, *args):
+    def map_concat(self, fn: Callable[..., Any], *args: Any) -> np.ndarray:
         """``fn(block, *args)`` per block (an array of that block's rows), concatenated, as numpy."""
         out = [as_tensor(r).cpu().numpy() if torch.is_tensor(r) else np.asarray(r) for r in self.map(fn, *args)]
         return np.concatenate(out) if out else np.zeros(0)
 
-    def apply(self, fn, *args):
+    def apply(self, fn: Callable[..., Block], *args: Any) -> Blocks:
         """New blocks ``fn(block, *args)``, computed and kept where the blocks are."""
         if self.client is None:
             return Blocks([fn(part, *args) for part in self.parts], self.sizes)
         return Blocks([self.client.submit(fn, part, *args, pure=False) for part in self.parts], self.sizes, self.client)
 
-    def with_column(self, name, values):
+    def with_column(self, name: str, values: npt.ArrayLike) -> Blocks:
         """These blocks plus a per-row column ``name`` (``values`` in block order)."""
         values = np.asarray(values)
         bounds = np.cumsum([0] + self.sizes)
@@ -116,7 +134,7 @@ class Blocks:
                  for part, piece in zip(self.parts, pieces)]
         return Blocks(parts, self.sizes, self.client)
 
-    def arg(self, value):
+    def arg(self, value: Any) -> Any:
         """``value`` (e.g. the head's weights) as an argument for block functions.
 
         Local blocks take it as it is, on the audit's device. Dask workers get
@@ -132,11 +150,11 @@ class Blocks:
         return self.client.scatter(value, broadcast=True)
 
 
-def _with_column(block, name, values):
+def _with_column(block: Block, name: str, values: Any) -> Block:
     return {**block, name: values}
 
 
-def select(block, rows):
+def select(block: Block, rows: Rows) -> torch.Tensor | None:
     """Boolean mask of a block's rows in ``rows``: ``"all"``, ``"train"``, ``"test"``,
     ``("fold", k)`` (rows of fold k) or ``("not_fold", k)`` (every other row that
     a ``fit`` column, when the block has one, lets fit the fold's head)."""
@@ -146,14 +164,14 @@ def select(block, rows):
         return as_tensor(block["train"])
     if rows == "test":
         return ~as_tensor(block["train"])
-    kind, k = rows
+    kind, k = cast(Tuple[str, int], rows)
     fold = as_tensor(block["fold"])
     if kind == "fold":
         return fold == k
     return (fold != k) & as_tensor(block["fit"]) if "fit" in block else fold != k
 
 
-def rows_of(block, rows, *names):
+def rows_of(block: Block, rows: Rows, *names: str) -> tuple[Any, ...]:
     """The block's arrays ``names`` for ``rows``, plus ``keep``.
 
     A few rows (e.g. the held-out ones) are copied out and ``keep`` is
@@ -172,11 +190,11 @@ def rows_of(block, rows, *names):
     return (*(t[mask] for t in out), None)
 
 
-def weighted(values, keep):
+def weighted(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """``values`` (rows first) times the rows' ``keep`` weights (see :func:`rows_of`)."""
     return values if keep is None else values * keep.reshape(-1, *([1] * (values.ndim - 1)))
 
 
-def kept(values, keep):
+def kept(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """The rows of per-row ``values`` that ``keep`` selects (see :func:`rows_of`)."""
     return values if keep is None else values[keep > 0]

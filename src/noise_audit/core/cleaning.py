@@ -9,15 +9,26 @@ the training rows that remain and scored on the untouched held-out rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
+import numpy.typing as npt
+import torch
 
 from noise_audit.core import head as heads
 from noise_audit.core.blocks import Blocks
 from noise_audit.core.linear_influence import class_logits
 
+if TYPE_CHECKING:
+    from fiftyone.core.dataset import Dataset
 
-def refit_accuracy(blocks: Blocks, n_features: int, n_classes: int, l2: float, removals: dict, init=None,
-                   device=None) -> dict:
+    from noise_audit.store.runs import AuditResults
+
+
+def refit_accuracy(blocks: Blocks, n_features: int, n_classes: int, l2: float, removals: Mapping[str, npt.ArrayLike],
+                   init: torch.nn.Module | None = None,
+                   device: torch.device | str | None = None) -> dict[str, float]:
     """Held-out accuracy of the head refit on the training rows minus each removal.
 
     Args:
@@ -32,7 +43,7 @@ def refit_accuracy(blocks: Blocks, n_features: int, n_classes: int, l2: float, r
     """
     train = blocks.map_concat(_column, "train").astype(bool)
     y = blocks.map_concat(_column, "y")
-    out = {}
+    out: dict[str, float] = {}
     for name, removed in removals.items():
         kept = blocks.with_column("train", train & ~np.asarray(removed, dtype=bool))
         head, _ = heads.fit_linear_head(kept, n_features, n_classes, l2, rows="train", init=init, device=device)
@@ -42,7 +53,7 @@ def refit_accuracy(blocks: Blocks, n_features: int, n_classes: int, l2: float, r
     return out
 
 
-def random_removal(candidates, k, seed=0):
+def random_removal(candidates: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """``k`` of the ``candidates`` (boolean mask) chosen at random, as a mask."""
     rng = np.random.default_rng(seed)
     pick = rng.choice(np.flatnonzero(candidates), size=min(k, int(np.sum(candidates))), replace=False)
@@ -51,11 +62,12 @@ def random_removal(candidates, k, seed=0):
     return mask
 
 
-def _column(block, name):
+def _column(block: dict[str, Any], name: str) -> Any:
     return block[name]
 
 
-def audit_cleaning_gain(dataset, config: dict, results, truth, suspect, ids=None, seed=0) -> dict:
+def audit_cleaning_gain(dataset: Dataset, config: Mapping[str, Any], results: AuditResults, truth: npt.ArrayLike,
+                        suspect: npt.ArrayLike, ids: npt.ArrayLike | None = None, seed: int = 0) -> dict[str, Any]:
     """What cleaning buys for a stored audit, against the known truth.
 
     Refits the audit's head (its features from the cache, its standardisation
@@ -88,15 +100,15 @@ def audit_cleaning_gain(dataset, config: dict, results, truth, suspect, ids=None
     raw, _ = feats.extract_features([path_of[i] for i in audited], bb, cache_dir=config.get("cache_dir"),
                                     progress=False)
     std = np.array([np.inf if v is None else v for v in results.feature_std])
-    x = (raw - np.array(results.feature_mean)) / std
+    x = (cast(np.ndarray, raw) - np.array(results.feature_mean)) / std
     y, is_test = np.asarray(results.labels), np.asarray(results.is_test, bool)
     blocks = Blocks.from_arrays({"x": x, "y": y, "train": ~is_test})
     head = heads.LinearHead.from_state(results.head)
     train_flagged = flagged & ~is_test
     removals = {"suspects": train_flagged, "random": random_removal(~is_test, int(train_flagged.sum()), seed),
                 "flipped": flipped & ~is_test}
-    out = refit_accuracy(blocks, x.shape[1], len(results.classes), float(config["regularization"]), removals,
-                         init=head)
+    out: dict[str, Any] = refit_accuracy(blocks, x.shape[1], len(results.classes), float(config["regularization"]),
+                                         removals, init=head)
     pred = heads.predict_logits(head, x[is_test]).argmax(1)
     out["none"] = float((pred == y[is_test]).mean())
     out["removed"] = {k: int(v.sum()) for k, v in removals.items()}

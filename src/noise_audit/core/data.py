@@ -7,7 +7,9 @@ FiftyOne collection once, so that the model stages never talk to the database.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -17,10 +19,15 @@ import fiftyone.types as fot
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
+    from fiftyone.core.dataset import Dataset
+
 SPLIT_TAGS = ("train", "val", "test")
 
 
-def load_image_folder(root, name=None, overwrite=False, splits=None, classes=None):
+def load_image_folder(root: str | os.PathLike[str], name: str | None = None, overwrite: bool = False,
+                      splits: Sequence[str] | None = None, classes: Sequence[str] | None = None) -> Dataset:
     """Imports an ``ImageClassificationDirectoryTree`` into a FiftyOne dataset.
 
     Two layouts are understood:
@@ -84,20 +91,20 @@ class LabeledImages:
     ids: np.ndarray  # sample ids (str)
     filepaths: np.ndarray  # str
     labels: np.ndarray  # int class index
-    classes: list  # class names, sorted; labels index into it
-    tags: list  # per-sample list of tags
+    classes: list[str]  # class names, sorted; labels index into it
+    tags: list[list[str]]  # per-sample list of tags
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.ids)
 
 
-def classification_fields(samples):
+def classification_fields(samples: SampleCollection) -> list[str]:
     """Names of the top-level ``fo.Classification`` fields of a collection."""
     schema = samples.get_field_schema(embedded_doc_type=fo.Classification)
     return sorted(schema)
 
 
-def read_labels(samples, label_field, min_per_class=1):
+def read_labels(samples: SampleCollection, label_field: str, min_per_class: int = 1) -> LabeledImages:
     """Reads ids, paths and integer labels of a view, checking them first.
 
     Raises :class:`NoiseAuditError` for an empty view, a missing or
@@ -115,7 +122,8 @@ def read_labels(samples, label_field, min_per_class=1):
     if getattr(field, "document_type", None) is not fo.Classification:
         raise NoiseAuditError(
             f"Field {label_field!r} is {type(field).__name__}"
-            f"({getattr(field, 'document_type', None).__name__ if getattr(field, 'document_type', None) else ''}),"
+            f"({cast(Any, getattr(field, 'document_type', None)).__name__ if getattr(field, 'document_type', None) else ''}"
+            "),"
             f" not a fo.Classification field; Classification fields here: "
             f"{classification_fields(samples)}"
         )

@@ -19,14 +19,20 @@ O(parameters^2) for the solver. See README "Bigger than one machine".
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
 import numpy as np
 
 from noise_audit.core import features as feats
 from noise_audit.core.blocks import BLOCK_ROWS, Blocks
 from noise_audit.errors import NoiseAuditError
 
+if TYPE_CHECKING:
+    from dask.distributed import Client
 
-def connect(spec):
+
+def connect(spec: str) -> Client:
     """A ``dask.distributed.Client`` from ``"local:N"`` (a new ``LocalCluster`` of N
     single-threaded worker processes) or a scheduler address (``tcp://host:8786``)."""
     from dask.distributed import Client, LocalCluster
@@ -46,7 +52,9 @@ def connect(spec):
         raise NoiseAuditError(f"Cannot reach the Dask scheduler at {spec!r}: {e}") from e
 
 
-def feature_blocks(client, filepaths, backbone, columns, batch_size=64, cache_dir=None, train=None):
+def feature_blocks(client: Client, filepaths: Sequence[str] | np.ndarray, backbone: feats.Backbone,
+                   columns: Mapping[str, Any], batch_size: int = 64, cache_dir: str | Literal[False] | None = None,
+                   train: np.ndarray | None = None) -> tuple[Blocks, np.ndarray, np.ndarray, int]:
     """Features of ``filepaths`` computed on the workers, as standardised :class:`Blocks`.
 
     Args:

@@ -7,6 +7,9 @@ the most negative (they pull away; often mislabeled look-alikes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from noise_audit.core import features as feats
@@ -15,6 +18,9 @@ from noise_audit.errors import NoiseAuditError
 from noise_audit.core.auditing import build_backbone
 from noise_audit.core.head import LinearHead
 from noise_audit.store.runs import load_audit
+
+if TYPE_CHECKING:
+    from fiftyone.core.dataset import Dataset
 
 
 def _audit_model(config, results):
@@ -42,7 +48,7 @@ def _audit_features(dataset, config, results, ids, bb):
     return (raw - mean) / std
 
 
-def most_influential(dataset, sample_id, key="noise_audit", k=3):
+def most_influential(dataset: Dataset, sample_id: str, key: str = "noise_audit", k: int = 3) -> dict[str, Any]:
     """The ``k`` most and least influential training samples for one sample.
 
     Influence of each training sample of audit ``key`` on ``sample_id`` (its
@@ -56,7 +62,8 @@ def most_influential(dataset, sample_id, key="noise_audit", k=3):
     return most_influential_many(dataset, [sample_id], key, k)[0]
 
 
-def most_influential_many(dataset, sample_ids, key="noise_audit", k=3):
+def most_influential_many(dataset: Dataset, sample_ids: Iterable[str], key: str = "noise_audit",
+                          k: int = 3) -> list[dict[str, Any]]:
     """:func:`most_influential` for several samples at once.
 
     The influence model is fitted and the features are read once for all of
@@ -88,7 +95,7 @@ def most_influential_many(dataset, sample_ids, key="noise_audit", k=3):
     values = infl.influences_on(model, x_targets, targets, x_train, y_train)
     paths = dict(zip(*dataset.select(train_ids).values(["id", "filepath"])))
 
-    def entry(i, row):
+    def entry(i: int, row: np.ndarray) -> dict[str, Any]:
         return {
             "id": train_ids[i], "filepath": paths[train_ids[i]],
             "label": results.classes[int(y_train[i])], "influence": float(row[i]),

@@ -50,10 +50,12 @@ import sys
 import uuid
 import warnings
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Literal, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -79,11 +81,11 @@ class Backbone:
 
     name: str
     module: torch.nn.Module
-    transform: Callable
+    transform: Callable[[Image.Image], torch.Tensor]  # a PIL image -> the module's input
     cache_id: str  # changes whenever the features could change
 
     @torch.inference_mode()
-    def __call__(self, batch):
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         out = self.module(batch)
         return out.flatten(2).mean(-1) if out.ndim > 2 else out
 
@@ -186,7 +188,10 @@ def _module_digest(module):
     return h.hexdigest()[:16]
 
 
-def get_backbone(backbone="efficientnet_lite0", weights=None, transform=None, image_size=224, seed=0):
+def get_backbone(backbone: str | torch.nn.Module | Backbone = "efficientnet_lite0",
+                 weights: str | os.PathLike[str] | None = None,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, image_size: int = 224,
+                 seed: int = 0) -> Backbone:
     """Builds a frozen :class:`Backbone` from a name or a module (see module doc)."""
     if isinstance(backbone, Backbone):
         return backbone
@@ -214,7 +219,7 @@ def get_backbone(backbone="efficientnet_lite0", weights=None, transform=None, im
     return Backbone(name=name, module=module, transform=transform, cache_id=cache_id)
 
 
-def default_cache_dir():
+def default_cache_dir() -> str:
     """``$NOISE_AUDIT_CACHE`` or ``~/.cache/noise_audit``."""
     return os.environ.get("NOISE_AUDIT_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "noise_audit"
@@ -244,13 +249,14 @@ class FeatureCache:
     merges them.
     """
 
-    COMPACT_ABOVE = 16  # segments; more are merged (see compact)
+    COMPACT_ABOVE: int = 16  # segments; more are merged (see compact)
+    dir: str
 
-    def __init__(self, root, backbone_id):
+    def __init__(self, root: str, backbone_id: str) -> None:
         self.dir = os.path.join(root, "features", backbone_id)
 
     @staticmethod
-    def file_key(path, st=None):
+    def file_key(path: str, st: os.stat_result | None = None) -> str:
         """What identifies a file's pixels: its absolute path, modification time
         and size, and how files are decoded (:data:`DECODE_VERSION`).
 
@@ -260,7 +266,7 @@ class FeatureCache:
         key = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|decode{DECODE_VERSION}"
         return hashlib.sha1(key.encode()).hexdigest()
 
-    def load(self, keys):
+    def load(self, keys: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray | None]:
         """Returns ``(found mask, features or None)`` for ``keys``.
 
         Reads the keys of every segment (40 bytes a row), finds the wanted
@@ -286,7 +292,7 @@ class FeatureCache:
                 out[dst] = feats[row_of[dst]]
         return found, out
 
-    def save(self, keys, features, rows=None):
+    def save(self, keys: npt.ArrayLike, features: np.ndarray, rows: npt.ArrayLike | None = None) -> None:
         """Publishes ``features[rows]`` (default: all) under ``keys`` as a new segment.
 
         Rows are written a chunk at a time, so saving needs no copy of them.
@@ -304,7 +310,7 @@ class FeatureCache:
         if len(self._segment_names()) > self.COMPACT_ABOVE:
             self.compact()
 
-    def compact(self):
+    def compact(self) -> None:
         """Merges every segment but the largest into one, dropping repeated keys.
 
         Keeping the largest segment out bounds the work: a big cache plus many
@@ -507,7 +513,7 @@ def _file_keys(filepaths):
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def to_rgb(image):
+def to_rgb(image: Image.Image) -> Image.Image:
     """A PIL image as 8-bit RGB, decoded in full (a truncated file raises here).
 
     ``Image.convert("RGB")`` clips grey values above 255, so a 16-bit PNG
@@ -547,7 +553,8 @@ def _header_problems(filepaths, rows):
     return bad
 
 
-def check_readable(filepaths, batch_size=64, num_workers=None, progress=False):
+def check_readable(filepaths: Iterable[str | os.PathLike[str]], batch_size: int = 64, num_workers: int | None = None,
+                   progress: bool = False) -> None:
     """Raises :class:`UnreadableImages` listing every file that is missing,
     not an image, or cannot be decoded in full (e.g. a truncated JPEG).
 
@@ -625,7 +632,7 @@ def _quiet_worker(worker_id):
     warnings.simplefilter("ignore")
 
 
-def default_num_workers():
+def default_num_workers() -> int:
     """Decoding processes by default: one per CPU, at most 4 (the network needs CPU too)."""
     return min(4, os.cpu_count() or 1)
 
@@ -657,7 +664,7 @@ def _image_batches(paths, transform, batch_size, num_workers, pin_memory):
     yield from batches
 
 
-def _resolve_device(module, device):
+def _resolve_device(module: torch.nn.Module, device: torch.device | str | None) -> torch.device:
     """``device`` as a ``torch.device``; ``None`` means where ``module`` is now (CPU if it has no weights)."""
     if device is not None:
         return torch.device(device)
@@ -666,9 +673,11 @@ def _resolve_device(module, device):
 
 
 def extract_features(
-    filepaths, backbone, batch_size=64, cache_dir=None, progress=True, on_progress=None, *,
-    num_workers=None, device=None,
-):
+    filepaths: Iterable[str | os.PathLike[str]], backbone: Backbone, batch_size: int = 64,
+    cache_dir: str | Literal[False] | None = None, progress: bool = True,
+    on_progress: Callable[[float], Any] | None = None, *,
+    num_workers: int | None = None, device: torch.device | str | None = None,
+) -> tuple[np.ndarray | None, int]:
     """Features of each image, shape ``(n, d)``, from cache where possible.
 
     Args:
@@ -754,7 +763,7 @@ def extract_features(
     computed = todo[~np.isin(todo, list(bad))] if bad else todo
     if cache is not None and len(computed):
         try:
-            cache.save(keys[computed], feats, rows=computed)
+            cache.save(keys[computed], cast(np.ndarray, feats), rows=computed)
         except OSError as e:
             _cache_unusable(cache, e)
     if bad:
@@ -769,7 +778,8 @@ def _cache_unusable(cache, error):
     return None
 
 
-def standardization(train_features, constant_ratio=0.01, rows=None):
+def standardization(train_features: npt.ArrayLike, constant_ratio: float = 0.01,
+                    rows: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature ``(mean, scale)`` for standardising features, from the training set.
 
     The head's L2 penalty treats all standardised features alike, so each is
@@ -812,7 +822,7 @@ def standardization(train_features, constant_ratio=0.01, rows=None):
     return mean, scale_from_spread(np.sqrt(var), constant_ratio)
 
 
-def scale_from_spread(std, constant_ratio=0.01):
+def scale_from_spread(std: np.ndarray, constant_ratio: float = 0.01) -> np.ndarray:
     """The standardisation scale: ``std``, or ``inf`` for (nearly) constant features
     (see :func:`standardization`; Dask workers sum the spreads, this applies the rule)."""
     constant = std <= max(constant_ratio * float(np.median(std)), 1e-12)

@@ -19,10 +19,16 @@ keeps a unique minimum near the pretrained model and its Hessian is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 
 from noise_audit.core.head import DTYPE
 from noise_audit.errors import NoiseAuditError
+
+if TYPE_CHECKING:
+    from noise_audit.core.features import Backbone
 
 # pyDVL solvers that scale to the block's parameters (no dense Hessian).
 BLOCK_METHODS = ("cg", "lissa", "arnoldi", "nystroem")
@@ -32,11 +38,13 @@ BLOCK_DEFAULT_METHOD = "nystroem"  # cheap self-influence from a low-rank sketch
 class TrunkExtractor(torch.nn.Module):
     """EfficientNet-Lite0 up to (not including) its last 1x1 convolution."""
 
-    def __init__(self, net):
+    net: Any  # an efficientnet_lite_pytorch EfficientNet (untyped)
+
+    def __init__(self, net: Any) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(x)))
         for idx, block in enumerate(net._blocks):
@@ -48,7 +56,14 @@ class TrunkExtractor(torch.nn.Module):
 class LastBlockHead(torch.nn.Module):
     """Last block of EfficientNet-Lite0 + softmax layer, on cached trunk maps."""
 
-    def __init__(self, conv_weight, bn, n_classes):
+    in_channels: int
+    conv: torch.nn.Linear
+    fc: torch.nn.Linear
+    conv_reference: torch.Tensor  # buffers
+    bn_scale: torch.Tensor
+    bn_shift: torch.Tensor
+
+    def __init__(self, conv_weight: torch.Tensor, bn: torch.nn.BatchNorm2d, n_classes: int) -> None:
         super().__init__()
         out_ch, in_ch = conv_weight.shape[:2]
         self.in_channels = in_ch
@@ -56,33 +71,33 @@ class LastBlockHead(torch.nn.Module):
         with torch.no_grad():
             self.conv.weight.copy_(conv_weight.reshape(out_ch, in_ch))
         self.register_buffer("conv_reference", self.conv.weight.detach().clone())
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        scale = bn.weight.detach() / torch.sqrt(cast(torch.Tensor, bn.running_var) + bn.eps)
         self.register_buffer("bn_scale", scale.to(DTYPE))
-        self.register_buffer("bn_shift", (bn.bias.detach() - bn.running_mean * scale).to(DTYPE))
+        self.register_buffer("bn_shift", (bn.bias.detach() - cast(torch.Tensor, bn.running_mean) * scale).to(DTYPE))
         self.fc = torch.nn.Linear(out_ch, n_classes, dtype=DTYPE)
         with torch.no_grad():
             self.fc.weight.zero_()
             self.fc.bias.zero_()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = x.reshape(x.shape[0], self.in_channels, -1).transpose(1, 2)  # (n, pixels, 320)
         h = torch.clamp(self.conv(maps) * self.bn_scale + self.bn_shift, 0.0, 6.0)  # BN, ReLU6
         return self.fc(h.mean(1))
 
-    def penalty(self):
+    def penalty(self) -> torch.Tensor:
         """Squared distance to the pretrained block and to a zero head."""
         return ((self.conv.weight - self.conv_reference) ** 2).sum() + sum((p**2).sum() for p in self.fc.parameters())
 
 
-def trunk_and_block(backbone):
+def trunk_and_block(backbone: Backbone) -> tuple[TrunkExtractor, Callable[[int], LastBlockHead]]:
     """``(trunk module, factory(n_classes) -> LastBlockHead)`` of a backbone."""
     if backbone.name != "efficientnet_lite0":
         raise NoiseAuditError("train_last_block is available for backbone='efficientnet_lite0'")
-    net = backbone.module.net
+    net: Any = backbone.module.net  # an EfficientNet (untyped)
     trunk = TrunkExtractor(net).eval()
     conv_w, bn = net._conv_head.weight.detach().to(DTYPE), net._bn1
 
-    def make_head(n_classes):
+    def make_head(n_classes: int) -> LastBlockHead:
         return LastBlockHead(conv_w, bn, n_classes)
 
     return trunk, make_head

@@ -6,17 +6,21 @@ same flips as the library (see :mod:`noise_audit.noise` for the strategies).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
+import numpy.typing as npt
 
 STRATEGIES = ("uniform", "pair", "confusion", "influential")
 
 
-def _other_class(rng, label, n_classes):
+def _other_class(rng: np.random.Generator, label: int, n_classes: int) -> int:
     shift = rng.integers(1, n_classes)
     return (label + shift) % n_classes
 
 
-def confusion_flips(rng, labels, k, reference_probs):
+def confusion_flips(rng: np.random.Generator, labels: np.ndarray, k: int,
+                    reference_probs: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """``k`` instance-dependent flips, as a tired annotator would make them.
 
     A sample is picked with probability proportional to how likely the
@@ -31,7 +35,9 @@ def confusion_flips(rng, labels, k, reference_probs):
     return idx, target[idx]
 
 
-def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None, reference_probs=None):
+def choose_flips(labels: npt.ArrayLike, n_classes: int, fraction: float, strategy: str, seed: int = 0,
+                 influence: np.ndarray | None = None,
+                 reference_probs: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Picks which samples to flip and their new classes.
 
     Args:
@@ -56,8 +62,9 @@ def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None, 
         new = np.array([_other_class(rng, labels[i], n_classes) for i in idx], dtype=int)
         return idx, new
     if strategy == "confusion":
-        return confusion_flips(rng, labels, int(round(fraction * n)), reference_probs)
-    idx, new = [], []
+        return confusion_flips(rng, labels, int(round(fraction * n)), cast("npt.ArrayLike", reference_probs))
+    flip_idx: list[int] = []
+    flip_new: list[int] = []
     if strategy == "pair":
         cycle = rng.permutation(n_classes)
         partner = {int(cycle[i]): int(cycle[(i + 1) % n_classes]) for i in range(n_classes)}
@@ -70,10 +77,10 @@ def choose_flips(labels, n_classes, fraction, strategy, seed=0, influence=None, 
             chosen = rng.choice(members, size=k, replace=False)
             targets = [partner[c]] * k
         else:  # influential: the k most helpful samples of the class
-            order = members[np.argsort(-influence[members], kind="stable")]
+            order = members[np.argsort(-cast(np.ndarray, influence)[members], kind="stable")]
             chosen = order[:k]
             targets = [_other_class(rng, c, n_classes) for _ in chosen]
-        idx.extend(chosen.tolist())
-        new.extend(targets)
-    order = np.argsort(idx)
-    return np.asarray(idx, dtype=int)[order], np.asarray(new, dtype=int)[order]
+        flip_idx.extend(chosen.tolist())
+        flip_new.extend(targets)
+    order = np.argsort(flip_idx)
+    return np.asarray(flip_idx, dtype=int)[order], np.asarray(flip_new, dtype=int)[order]

@@ -16,12 +16,19 @@ input cleanlab needs; :func:`select_l2` picks ``l2`` by out-of-fold log loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from scipy.special import softmax
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from noise_audit.core.blocks import Blocks, Rows
 
 DTYPE = torch.float64
 L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -30,19 +37,21 @@ L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 class LinearHead(torch.nn.Module):
     """``logits = x @ W.T + b``; the only trained part of the model."""
 
-    def __init__(self, n_features, n_classes):
+    fc: torch.nn.Linear
+
+    def __init__(self, n_features: int, n_classes: int) -> None:
         super().__init__()
         self.fc = torch.nn.Linear(n_features, n_classes, dtype=DTYPE)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         """JSON-serialisable weights."""
         return {"weight": self.fc.weight.detach().tolist(), "bias": self.fc.bias.detach().tolist()}
 
     @classmethod
-    def from_state(cls, state):
+    def from_state(cls, state: Mapping[str, Any]) -> LinearHead:
         w = torch.tensor(state["weight"], dtype=DTYPE)
         head = cls(w.shape[1], w.shape[0])
         with torch.no_grad():
@@ -51,11 +60,12 @@ class LinearHead(torch.nn.Module):
         return head
 
 
-def as_tensor(x, dtype=DTYPE, device=None):
+def as_tensor(x: npt.ArrayLike | torch.Tensor, dtype: torch.dtype = DTYPE,
+              device: torch.device | str | None = None) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
-def resolve_device(device="auto"):
+def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
     """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; checks any other name."""
     from noise_audit.errors import NoiseAuditError
 
@@ -72,21 +82,24 @@ def resolve_device(device="auto"):
     return device
 
 
-def device_of(module):
+def device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def objective(head, x, y, l2):
+def objective(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float) -> torch.Tensor:
     """Mean cross-entropy plus the L2 penalty: what the head minimises.
 
     The penalty is ``head.penalty()`` where defined (e.g. distance to
     pretrained weights), else the squared norm of all parameters.
     """
-    penalty = head.penalty() if hasattr(head, "penalty") else sum((p**2).sum() for p in head.parameters())
+    penalty = cast(Any, head).penalty() if hasattr(head, "penalty") else sum((p**2).sum() for p in head.parameters())
     return F.cross_entropy(head(x), y) + 0.5 * l2 * penalty
 
 
-def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, make_head=None, init=None, device=None):
+def fit_head(x: np.ndarray | torch.Tensor, y: npt.ArrayLike, n_classes: int, l2: float, max_iter: int = 500,
+             x_val: np.ndarray | torch.Tensor | None = None, y_val: npt.ArrayLike | None = None, seed: int = 0,
+             make_head: Callable[[int], torch.nn.Module] | None = None, init: torch.nn.Module | None = None,
+             device: torch.device | str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Trains a :class:`LinearHead` to the minimum of :func:`objective`.
 
     Args:
@@ -117,7 +130,8 @@ def fit_head(x, y, n_classes, l2, max_iter=500, x_val=None, y_val=None, seed=0, 
     trainable = [p for p in head.parameters() if p.requires_grad]
     has_val = x_val is not None and len(x_val)
     if has_val:
-        xv, yv = as_tensor(x_val, device=device), torch.as_tensor(np.asarray(y_val), dtype=torch.long, device=device)
+        xv, yv = (as_tensor(cast(np.ndarray, x_val), device=device),
+                  torch.as_tensor(np.asarray(y_val), dtype=torch.long, device=device))
 
     def loss_and_grad():
         loss = objective(head, x, y, l2)
@@ -188,8 +202,9 @@ def _run_lbfgs(params, loss_and_grad, curves, max_iter):
     return history
 
 
-def fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows=None, init=None, max_iter=500,
-                    device=None):
+def fit_linear_head(blocks: Blocks, n_features: int, n_classes: int, l2: float, rows: Rows = "train",
+                    val_rows: Rows | None = None, init: torch.nn.Module | None = None, max_iter: int = 500,
+                    device: torch.device | str | None = None) -> tuple[LinearHead, dict[str, Any]]:
     """:func:`fit_head` for the :class:`LinearHead`, on :class:`~noise_audit.core.blocks.Blocks`.
 
     The same objective and optimiser, but the loss and its gradient are sums
@@ -221,7 +236,9 @@ def fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows=No
     return head, _run_lbfgs([w, b], loss_and_grad, curves, max_iter)
 
 
-def cross_val_logits(blocks, n_features, n_classes, l2, folds, init=None, progress=False, device=None):
+def cross_val_logits(blocks: Blocks, n_features: int, n_classes: int, l2: float, folds: int,
+                     init: torch.nn.Module | None = None, progress: bool = False,
+                     device: torch.device | str | None = None) -> np.ndarray:
     """:func:`cross_val_probs` on :class:`~noise_audit.core.blocks.Blocks` whose ``fold`` column
     holds each row's fold: out-of-fold logits, in block order."""
     from noise_audit.core.linear_influence import class_logits
@@ -245,12 +262,15 @@ def _fold_column(block):
 
 
 @torch.no_grad()
-def predict_logits(head, x):
+def predict_logits(head: torch.nn.Module, x: npt.ArrayLike | torch.Tensor) -> np.ndarray:
     return head(as_tensor(x, device=device_of(head))).cpu().numpy()
 
 
-def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progress=False, init=None, splits=None,
-                    device=None):
+def cross_val_probs(x: np.ndarray, y: npt.ArrayLike, n_classes: int, l2: float, folds: int = 5, seed: int = 0,
+                    make_head: Callable[[int], torch.nn.Module] | None = None, progress: bool = False,
+                    init: torch.nn.Module | None = None,
+                    splits: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+                    device: torch.device | str | None = None) -> np.ndarray:
     """Out-of-sample logits for every sample by stratified K-fold.
 
     Each sample's logits come from a head that never saw it, which is what
@@ -269,20 +289,25 @@ def cross_val_probs(x, y, n_classes, l2, folds=5, seed=0, make_head=None, progre
     return logits
 
 
-def log_loss(logits, y):
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     probs = softmax(logits, axis=1)
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
 
 
-def select_l2(x, y, n_classes, grid=L2_GRID, folds=5, seed=0, make_head=None, splits=None, device=None):
+def select_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Iterable[float] = L2_GRID, folds: int = 5,
+              seed: int = 0, make_head: Callable[[int], torch.nn.Module] | None = None,
+              splits: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+              device: torch.device | str | None = None) -> tuple[float, np.ndarray, dict[float, float]]:
     """Picks ``l2`` from ``grid`` by out-of-fold log loss on the given labels.
 
     Returns ``(l2, out-of-fold logits at that l2, {l2: log loss})``.
     """
-    scores, best = {}, None
+    scores: dict[float, float] = {}
+    best: tuple[float, np.ndarray] | None = None
     for l2 in grid:
         logits = cross_val_probs(x, y, n_classes, l2, folds, seed, make_head, splits=splits, device=device)
         scores[l2] = log_loss(logits, y)
         if best is None or scores[l2] < scores[best[0]]:
             best = (l2, logits)
+    best = cast("tuple[float, np.ndarray]", best)  # grid is not empty
     return best[0], best[1], scores

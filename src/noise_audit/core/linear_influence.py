@@ -40,11 +40,16 @@ Every pass over the samples is a block function (below the class) run through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from noise_audit.core.blocks import Blocks, as_tensor, kept, rows_of, weighted
+from noise_audit.core.blocks import Block, Blocks, Rows, as_tensor, kept, rows_of, weighted
+
+if TYPE_CHECKING:
+    from noise_audit.core.head import LinearHead
 
 DTYPE = torch.float64
 SOLVERS = ("exact", "ekfac")
@@ -55,7 +60,7 @@ CG_RTOL = 1e-10
 CG_MAXITER = 500
 
 
-def to_flat(v):
+def to_flat(v: torch.Tensor) -> torch.Tensor:
     """``(k, C, d + 1)`` -> pyDVL's ``(k, C * d + C)`` (weight rows, then bias)."""
     return torch.cat([v[:, :, :-1].reshape(v.shape[0], -1), v[:, :, -1]], dim=1)
 
@@ -67,7 +72,8 @@ class _Ekfac:
     diag: torch.Tensor  # (C, d+1) Hessian diagonal in the Kronecker eigenbasis
 
 
-def local_blocks(x, y, device=None, train=None):
+def local_blocks(x: npt.ArrayLike | torch.Tensor, y: np.ndarray | torch.Tensor,
+                 device: torch.device | str | None = None, train: npt.ArrayLike | None = None) -> Blocks:
     """Arrays as in-process :class:`Blocks` (all rows training rows unless ``train`` says)."""
     n = len(y)
     train = np.ones(n, dtype=bool) if train is None else np.asarray(train, dtype=bool)
@@ -89,7 +95,21 @@ class LinearHeadInfluence:
         device: torch device of the computation (``None``: the weights').
     """
 
-    def __init__(self, weight, bias, l2, solver="exact", exact_self_influence=False, device=None):
+    device: torch.device
+    w: torch.Tensor
+    b: torch.Tensor
+    l2: float
+    solver: str
+    exact_self_influence: bool
+    n_classes: int
+    n_features: int
+    cg_iterations: list[int]  # conjugate-gradient iterations of each solve
+    blocks: Blocks  # the training rows, once fitted
+    method_name: str  # set by noise_audit.core.influence.fit_influence_model
+
+    def __init__(self, weight: npt.ArrayLike | torch.Tensor, bias: npt.ArrayLike | torch.Tensor, l2: float,
+                 solver: str = "exact", exact_self_influence: bool = False,
+                 device: torch.device | str | None = None) -> None:
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
         weight = torch.as_tensor(weight).detach()
@@ -100,32 +120,32 @@ class LinearHeadInfluence:
         self.solver = solver
         self.exact_self_influence = exact_self_influence
         self.n_classes, self.n_features = self.w.shape
-        self._ekfac = None
-        self._chol = None
+        self._ekfac: _Ekfac | None = None
+        self._chol: torch.Tensor | None = None
         self.cg_iterations = []
 
     @classmethod
-    def from_head(cls, head, l2, **kwargs):
+    def from_head(cls, head: LinearHead, l2: float, **kwargs: Any) -> LinearHeadInfluence:
         """From a ``noise_audit.core.head.LinearHead``."""
         return cls(head.fc.weight, head.fc.bias, l2, **kwargs)
 
     @property
-    def n_parameters(self):
+    def n_parameters(self) -> int:
         return self.n_classes * (self.n_features + 1)
 
-    def _params(self, blocks):
+    def _params(self, blocks: Blocks) -> tuple[Any, Any]:
         """The weights as block-function arguments."""
         return blocks.arg(self.w), blocks.arg(self.b)
 
-    def _here(self, t):
+    def _here(self, t: Any) -> torch.Tensor:
         return as_tensor(t).to(self.device)
 
     # -- fitting -------------------------------------------------------------
-    def fit(self, x, y):
+    def fit(self, x: npt.ArrayLike | torch.Tensor, y: np.ndarray | torch.Tensor) -> LinearHeadInfluence:
         """Computes the Hessian's pieces on the training data ``(x, y)``."""
         return self.fit_blocks(local_blocks(x, y, self.device))
 
-    def fit_blocks(self, blocks):
+    def fit_blocks(self, blocks: Blocks) -> LinearHeadInfluence:
         """:meth:`fit` on the training rows of :class:`Blocks`."""
         self.blocks = blocks
         w, b = self._params(blocks)
@@ -139,29 +159,29 @@ class LinearHeadInfluence:
             self._factor()
         return self
 
-    def hessian(self):
+    def hessian(self) -> torch.Tensor:
         """The regularised Hessian, ``(p, p)`` in ``(C, d + 1)`` order (``c * (d + 1) + j``)."""
         h = self._here(self.blocks.map_sum(hessian_sum, *self._params(self.blocks)))
         h = h.reshape(self.n_parameters, self.n_parameters) / self._n
         h.diagonal().add_(self.l2)
         return h
 
-    def _factor(self):
+    def _factor(self) -> None:
         self._chol = torch.linalg.cholesky(self.hessian())
 
     # -- H v and H^{-1} v ----------------------------------------------------
-    def hvp(self, v):
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for ``v`` of shape ``(k, C, d + 1)``."""
         hv = self.blocks.map_sum(hvp_sum, *self._params(self.blocks), self.blocks.arg(v))
         return self._here(hv) / self._n + self.l2 * v
 
-    def ekfac_solve(self, v):
+    def ekfac_solve(self, v: torch.Tensor) -> torch.Tensor:
         """EK-FAC's ``H^{-1} v``, closed form."""
-        e = self._ekfac
+        e = cast(_Ekfac, self._ekfac)  # set by fit
         kfe = e.q_g.T @ v @ e.q_a
         return e.q_g @ (kfe / (e.diag + self.l2)) @ e.q_a.T
 
-    def solve(self, v):
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
         """``H^{-1} v`` with this model's solver, ``v`` of shape ``(k, C, d + 1)``."""
         if self.solver == "ekfac":
             return self.ekfac_solve(v)
@@ -170,10 +190,10 @@ class LinearHeadInfluence:
             return torch.cholesky_solve(flat, self._chol).T.reshape(v.shape)
         return self._pcg(v)
 
-    def _pcg(self, v):
+    def _pcg(self, v: torch.Tensor) -> torch.Tensor:
         """Conjugate gradients, preconditioned by EK-FAC, all rows of ``v`` at once
         (block-diagonal: each row is its own system, with its own step sizes)."""
-        def dot(a, b):
+        def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return (a * b).sum((1, 2), keepdim=True)
 
         x = self.ekfac_solve(v)
@@ -195,12 +215,12 @@ class LinearHeadInfluence:
         return x
 
     # -- influence -----------------------------------------------------------
-    def mean_gradient_blocks(self, blocks, rows):
+    def mean_gradient_blocks(self, blocks: Blocks, rows: Rows) -> torch.Tensor:
         """Mean loss gradient over ``rows`` of ``blocks``, shape ``(1, C, d + 1)``."""
         _, grad, n = blocks.map_sum(loss_and_gradient, *self._params(blocks), rows)
         return (self._here(grad) / max(int(n), 1))[None]
 
-    def train_and_test_influence(self, blocks=None):
+    def train_and_test_influence(self, blocks: Blocks | None = None) -> np.ndarray:
         """Average influence of every row, in block order: of training rows on the
         held-out ones, and (roles swapped) of held-out rows on the training ones.
 
@@ -215,20 +235,22 @@ class LinearHeadInfluence:
         train = blocks.map_concat(_train_column).astype(bool)
         return np.where(train, dots[:, 0], dots[:, 1])
 
-    def average_influence(self, x_test, y_test, x, y):
+    def average_influence(self, x_test: npt.ArrayLike | torch.Tensor, y_test: np.ndarray | torch.Tensor,
+                          x: npt.ArrayLike | torch.Tensor, y: np.ndarray | torch.Tensor) -> np.ndarray:
         """Mean influence of each ``(x, y)`` sample on ``(x_test, y_test)``: ``(n,)``."""
         factor = self.solve(self.mean_gradient_blocks(local_blocks(x_test, y_test, self.device), "all"))
         blocks = local_blocks(x, y, self.device)
         return blocks.map_concat(gradient_dots, self.w, self.b, factor, "all")[:, 0]
 
-    def influences(self, x_test, y_test, x, y):
+    def influences(self, x_test: npt.ArrayLike | torch.Tensor, y_test: np.ndarray | torch.Tensor,
+                   x: npt.ArrayLike | torch.Tensor, y: np.ndarray | torch.Tensor) -> np.ndarray:
         """The full ``(m, n)`` influence matrix (explanations, references)."""
         test = local_blocks(x_test, y_test, self.device)
         grads = torch.cat([as_tensor(g).to(self.device) for g in test.map(sample_gradients, self.w, self.b)])
         factors = self.solve(grads)
         return local_blocks(x, y, self.device).map_concat(gradient_dots, self.w, self.b, factors, "all").T
 
-    def self_influence_blocks(self, rows="all", blocks=None):
+    def self_influence_blocks(self, rows: Rows = "all", blocks: Blocks | None = None) -> np.ndarray:
         """``<H^{-1} g_i, g_i>`` for each sample in ``rows``, in block order."""
         blocks = blocks or self.blocks
         w, b = self._params(blocks)
@@ -236,50 +258,51 @@ class LinearHeadInfluence:
             if self._chol is None:
                 self._factor()
             c, d1 = self.n_classes, self.n_features + 1
-            hinv = torch.cholesky_inverse(self._chol).reshape(c, d1, c, d1)
+            hinv = torch.cholesky_inverse(cast(torch.Tensor, self._chol)).reshape(c, d1, c, d1)
             return blocks.map_concat(exact_self_influence, w, b, blocks.arg(hinv), rows)
-        e = self._ekfac
+        e = cast(_Ekfac, self._ekfac)  # set by fit
         inv = 1.0 / (e.diag + self.l2)
         args = [blocks.arg(t) for t in (e.q_a, e.q_g, inv)]
         return blocks.map_concat(ekfac_self_influence, w, b, *args, rows)
 
-    def self_influence(self, x, y):
+    def self_influence(self, x: npt.ArrayLike | torch.Tensor, y: np.ndarray | torch.Tensor) -> np.ndarray:
         """``<H^{-1} g_i, g_i>`` for each sample: ``(n,)``."""
         return self.self_influence_blocks("all", local_blocks(x, y, self.device))
 
 
 # -- block functions: one pass over a block's rows each (see core/blocks.py) ---------
 
-def _train_column(block):
+def _train_column(block: Block) -> torch.Tensor:
     return as_tensor(block["train"])
 
 
-def _apply(x, v):
+def _apply(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``[x, 1] @ v^T`` for ``v`` of shape ``(C, d + 1)`` -> ``(n, C)``."""
     return x @ v[:, :-1].T + v[:, -1]
 
 
-def _outer_sum(s, x):
+def _outer_sum(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``sum_i s_i [x_i, 1]^T`` -> ``(C, d + 1)``."""
     return torch.cat([s.T @ x, s.sum(0)[:, None]], dim=1)
 
 
-def _with_ones(x):
+def _with_ones(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
 
 
-def _probs(x, w, b):
+def _probs(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x @ w.T + b, dim=1)
 
 
-def _residuals(x, y, w, b):
+def _residuals(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``r = softmax(W x + b) - onehot(y)``: the loss gradient w.r.t. the logits."""
     r = _probs(x, w, b)
     r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
     return r
 
 
-def loss_and_gradient(block, w, b, rows):
+def loss_and_gradient(block: Block, w: torch.Tensor, b: torch.Tensor,
+                      rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(summed cross-entropy, summed gradient (C, d + 1), rows)`` over ``rows``."""
     x, y, keep = rows_of(block, rows, "x", "y")
     logp = torch.log_softmax(x @ w.T + b, dim=1)
@@ -290,12 +313,12 @@ def loss_and_gradient(block, w, b, rows):
     return loss, _outer_sum(weighted(r, keep), x), torch.tensor(count, dtype=DTYPE)
 
 
-def class_logits(block, w, b, rows):
+def class_logits(block: Block, w: torch.Tensor, b: torch.Tensor, rows: Rows) -> torch.Tensor:
     x, keep = rows_of(block, rows, "x")
     return kept(x @ w.T + b, keep)
 
 
-def kfac_factors(block, w, b):
+def kfac_factors(block: Block, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sum x~ x~^T, sum S_i, rows)`` over the training rows."""
     x, keep = rows_of(block, "train", "x")
     p = _probs(x, w, b)
@@ -305,7 +328,7 @@ def kfac_factors(block, w, b):
     return xt.T @ weighted(xt, keep), torch.diag(pk.sum(0)) - pk.T @ p, torch.tensor(count, dtype=DTYPE)
 
 
-def kfe_diagonal(block, w, b, q_a, q_g):
+def kfe_diagonal(block: Block, w: torch.Tensor, b: torch.Tensor, q_a: torch.Tensor, q_g: torch.Tensor) -> torch.Tensor:
     """Summed Hessian diagonal in the Kronecker eigenbasis, over the training rows."""
     x, keep = rows_of(block, "train", "x")
     p = _probs(x, w, b)
@@ -314,7 +337,7 @@ def kfe_diagonal(block, w, b, q_a, q_g):
     return s_kfe.T @ _apply(x, q_a.T) ** 2
 
 
-def hessian_sum(block, w, b):
+def hessian_sum(block: Block, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Summed ``S_i (x) x~_i x~_i^T`` over the training rows, ``(C, d + 1, C, d + 1)``."""
     x, keep = rows_of(block, "train", "x")
     p = _probs(x, w, b)
@@ -330,7 +353,7 @@ def hessian_sum(block, w, b):
     return h
 
 
-def hvp_sum(block, w, b, v):
+def hvp_sum(block: Block, w: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Summed ``S_i (x) x~_i x~_i^T v`` over the training rows, for each of ``v``'s ``k`` rows.
 
     All ``k`` at once: one ``n x d`` by ``d x kC`` product each way.
@@ -343,27 +366,29 @@ def hvp_sum(block, w, b, v):
     return _outer_sum(s, x).reshape(k, c, d1)
 
 
-def sample_gradients(block, w, b):
+def sample_gradients(block: Block, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Each row's loss gradient, ``(n, C, d + 1)`` (small blocks only: explanations)."""
     x, y, _ = rows_of(block, "all", "x", "y")
     return _residuals(x, y, w, b)[:, :, None] * _with_ones(x)[:, None, :]
 
 
-def gradient_dots(block, w, b, factors, rows):
+def gradient_dots(block: Block, w: torch.Tensor, b: torch.Tensor, factors: torch.Tensor, rows: Rows) -> torch.Tensor:
     """``<factor_t, g_i>`` for each row ``i`` in ``rows`` and factor ``t``: ``(n, k)``."""
     x, y, keep = rows_of(block, rows, "x", "y")
     r = _residuals(x, y, w, b)
     return kept(torch.stack([(_apply(x, f) * r).sum(1) for f in factors], dim=1), keep)
 
 
-def ekfac_self_influence(block, w, b, q_a, q_g, inv, rows):
+def ekfac_self_influence(block: Block, w: torch.Tensor, b: torch.Tensor, q_a: torch.Tensor, q_g: torch.Tensor,
+                         inv: torch.Tensor, rows: Rows) -> torch.Tensor:
     """``sum_kl (q_k^T r_i)^2 (u_l^T x~_i)^2 / (L_kl + l2)`` for each row."""
     x, y, keep = rows_of(block, rows, "x", "y")
     r_kfe = (_residuals(x, y, w, b) @ q_g) ** 2
     return kept((r_kfe * ((_apply(x, q_a.T) ** 2) @ inv.T)).sum(1), keep)
 
 
-def exact_self_influence(block, w, b, hinv, rows):
+def exact_self_influence(block: Block, w: torch.Tensor, b: torch.Tensor, hinv: torch.Tensor,
+                         rows: Rows) -> torch.Tensor:
     """``g_i^T H^{-1} g_i`` for each row, from the inverse Hessian's blocks."""
     x, y, keep = rows_of(block, rows, "x", "y")
     r = _residuals(x, y, w, b)

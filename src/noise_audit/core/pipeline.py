@@ -17,9 +17,12 @@ Both return :class:`Signals`, per sample in the view's order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import numpy as np
+import torch
 
 from noise_audit.core import head as heads
 from noise_audit.core import scores
@@ -27,16 +30,24 @@ from noise_audit.core.blocks import Blocks
 from noise_audit.core.linear_influence import LinearHeadInfluence, class_logits
 
 
+class Clock(Protocol):
+    """Times the stages (``auditing._Clock``): ``start(stage)``, then ``stop()``."""
+
+    def start(self, stage: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Signals:
     """What the head and influence stages computed, per sample in view order."""
 
     l2: float
-    l2_scores: dict | None
+    l2_scores: dict[float, float] | None
     oos_logits: np.ndarray  # (n, C) out-of-fold logits
     clean_oos_logits: np.ndarray  # (n, C) out-of-fold logits of folds fit without the first suspects
-    head: object  # the trained head (a LinearHead or the fine-tuned block)
-    history: dict
+    head: torch.nn.Module  # the trained head (a LinearHead or the fine-tuned block)
+    history: dict[str, Any]
     test_pred: np.ndarray  # predicted class of each held-out sample
     average_influence: np.ndarray
     self_influence: np.ndarray
@@ -44,7 +55,7 @@ class Signals:
     influence_method: str
 
 
-def fold_ids(labels, folds, seed):
+def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Each sample's stratified cross-validation fold (the audit's folds)."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -54,7 +65,8 @@ def fold_ids(labels, folds, seed):
     return out
 
 
-def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds, clock, progress=False, device=None):
+def linear_signals(blocks: Blocks, n_features: int, n_classes: int, regularization: float | str, folds: int,
+                   clock: Clock, progress: bool = False, device: torch.device | str | None = None) -> Signals:
     """The linear head's stages on ``blocks`` (columns ``x``, ``y``, ``train``, ``fold``)."""
     y = blocks.map_concat(_column, "y")
     l2_scores = None
@@ -64,10 +76,10 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
         for l2 in heads.L2_GRID:
             candidates[l2] = heads.cross_val_logits(blocks, n_features, n_classes, l2, folds, device=device)
             l2_scores[l2] = heads.log_loss(candidates[l2], y)
-        l2 = min(l2_scores, key=l2_scores.get)
+        l2 = min(l2_scores, key=l2_scores.__getitem__)
         clock.stop()
     else:
-        l2 = regularization
+        l2 = cast(float, regularization)  # not "auto": a number
 
     clock.start("head")
     head, history = heads.fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows="test",
@@ -101,8 +113,10 @@ def linear_signals(blocks: Blocks, n_features, n_classes, regularization, folds,
                    "linear")
 
 
-def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds, seed, method, clock,
-                      make_head=None, progress=False, device=None):
+def reference_signals(x: np.ndarray, y: np.ndarray, is_test: np.ndarray, folds_of: np.ndarray, n_classes: int,
+                      regularization: float | str, folds: int, seed: int, method: str, clock: Clock,
+                      make_head: Callable[[int], torch.nn.Module] | None = None, progress: bool = False,
+                      device: torch.device | str | None = None) -> Signals:
     """The same stages with arrays, torch autograd and pyDVL's solvers."""
     from noise_audit.core import influence as infl  # pyDVL: imported only on this path (the GPU benchmark has none)
 
@@ -115,7 +129,7 @@ def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds,
                                                     splits=splits, device=device)
         clock.stop()
     else:
-        l2 = regularization
+        l2 = cast(float, regularization)  # not "auto": a number
 
     clock.start("head")
     head, history = heads.fit_head(x[tr], y[tr], n_classes, l2, x_val=x[te], y_val=y[te], seed=seed,
@@ -146,9 +160,9 @@ def reference_signals(x, y, is_test, folds_of, n_classes, regularization, folds,
                                              device=device)
     clock.stop()
     return Signals(l2, l2_scores, oos_logits, clean_oos_logits, head, history, test_pred, avg, self_infl, loss,
-                   model.method_name)
+                   cast(Any, model).method_name)  # set by fit_influence_model
 
 
-def _column(block, name):
+def _column(block: dict[str, Any], name: str) -> Any:
     return block[name]
 

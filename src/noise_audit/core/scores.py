@@ -43,6 +43,7 @@ influence and label quality are low when suspicious, the rest high).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities, num_label_issues
 from cleanlab.rank import get_label_quality_scores
 from scipy.optimize import minimize_scalar
@@ -53,22 +54,22 @@ INFLUENCE_WEIGHT = 0.5  # share of average influence in the ranking (tuned on te
 SUSPECT_THRESHOLD = 0.5  # a sample is a suspect when its label is more likely wrong than right
 
 
-def label_quality(labels, pred_probs):
+def label_quality(labels: npt.ArrayLike, pred_probs: np.ndarray) -> np.ndarray:
     """cleanlab's self-confidence label quality in [0, 1] (low = suspicious)."""
     return get_label_quality_scores(np.asarray(labels), pred_probs, method="self_confidence")
 
 
-def given_label_loss(logits, labels):
+def given_label_loss(logits: npt.ArrayLike, labels: np.ndarray) -> np.ndarray:
     """Cross-entropy of the given label for each sample."""
     return -log_softmax(np.asarray(logits, dtype=float), axis=1)[np.arange(len(labels)), np.asarray(labels)]
 
 
-def loo_loss(loss, self_influence, n_train):
+def loo_loss(loss: np.ndarray, self_influence: np.ndarray, n_train: int) -> np.ndarray:
     """First-order leave-one-out loss: ``loss + self_influence / n_train``."""
     return loss + np.maximum(self_influence, 0.0) / n_train
 
 
-def temperature(logits, labels, rows=None):
+def temperature(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarray | None = None) -> float:
     """The temperature ``T`` whose ``softmax(logits / T)`` fits ``labels`` best (log loss).
 
     The head is strongly regularised for stable influence, so its
@@ -87,17 +88,18 @@ def temperature(logits, labels, rows=None):
     return float(np.exp(minimize_scalar(nll, bounds=(-5.0, 3.0), method="bounded").x))
 
 
-def calibrated_probs(logits, labels, rows=None):
+def calibrated_probs(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """``softmax(logits / T)`` with the :func:`temperature` fit on ``labels`` of ``rows``."""
     return softmax(np.asarray(logits, dtype=float) / temperature(logits, labels, rows), axis=1)
 
 
-def _spread(v):
+def _spread(v: np.ndarray) -> float:
     s = float(np.std(v))
     return s if s > 0 else 1.0
 
 
-def ranking_score(average_influence, oos_loss, influence_weight=INFLUENCE_WEIGHT):
+def ranking_score(average_influence: npt.ArrayLike, oos_loss: npt.ArrayLike,
+                  influence_weight: float = INFLUENCE_WEIGHT) -> np.ndarray:
     """Higher = more suspicious: harm to the held-out set and out-of-sample loss,
     each in units of its own spread, mixed with ``influence_weight``."""
     harm = -np.asarray(average_influence, dtype=float)
@@ -105,12 +107,12 @@ def ranking_score(average_influence, oos_loss, influence_weight=INFLUENCE_WEIGHT
     return influence_weight * harm / _spread(harm) + (1.0 - influence_weight) * loss / _spread(loss)
 
 
-def estimate_num_issues(labels, pred_probs):
+def estimate_num_issues(labels: npt.ArrayLike, pred_probs: np.ndarray) -> int:
     """cleanlab's estimate of how many labels are wrong (confident learning)."""
     return int(num_label_issues(np.asarray(labels), pred_probs))
 
 
-def refit_suspects(labels, oos_logits, average_influence):
+def refit_suspects(labels: np.ndarray, oos_logits: np.ndarray, average_influence: npt.ArrayLike) -> np.ndarray:
     """Samples to leave out when the folds are fit again (step 2 of the module doc):
     the top of the first ranking, as many as cleanlab estimates are wrong."""
     probs = calibrated_probs(oos_logits, labels)
@@ -118,7 +120,7 @@ def refit_suspects(labels, oos_logits, average_influence):
     return flag_top(first, estimate_num_issues(labels, softmax(oos_logits, axis=1)))
 
 
-def noise_posterior(labels, pred_probs, noise_matrix):
+def noise_posterior(labels: npt.ArrayLike, pred_probs: np.ndarray, noise_matrix: npt.ArrayLike) -> np.ndarray:
     """``P(given label is wrong | x, given label)`` under a noise matrix.
 
     ``noise_matrix[i, j] = P(given = i | true = j)`` (cleanlab's convention)
@@ -132,7 +134,8 @@ def noise_posterior(labels, pred_probs, noise_matrix):
     return 1.0 - right / np.maximum(joint.sum(1), 1e-300)
 
 
-def fit_noise_matrix(labels, pred_probs, start, iterations=200, tol=1e-7):
+def fit_noise_matrix(labels: npt.ArrayLike, pred_probs: np.ndarray, start: npt.ArrayLike, iterations: int = 200,
+                     tol: float = 1e-7) -> np.ndarray:
     """Maximum-likelihood noise matrix for the given labels, the true classes' probabilities fixed.
 
     Each given label is modelled as ``P(given = i | x) = sum_j p(j|x) N[i, j]``
@@ -157,7 +160,8 @@ def fit_noise_matrix(labels, pred_probs, start, iterations=200, tol=1e-7):
     return noise
 
 
-def fit_noise_model(labels, clean_logits, start):
+def fit_noise_model(labels: npt.ArrayLike, clean_logits: npt.ArrayLike,
+                    start: npt.ArrayLike) -> tuple[float, np.ndarray]:
     """Temperature and noise matrix that make the given labels most likely.
 
     The given label is modelled as drawn from ``softmax(clean_logits / T)``
@@ -187,7 +191,7 @@ def fit_noise_model(labels, clean_logits, start):
     return t, noise
 
 
-def calibrate(ranking, target):
+def calibrate(ranking: npt.ArrayLike, target: npt.ArrayLike) -> np.ndarray:
     """Monotone map of ``ranking`` onto the scale of ``target`` probabilities.
 
     Isotonic regression of ``target`` on ``ranking`` keeps the order and the
@@ -199,13 +203,15 @@ def calibrate(ranking, target):
     return np.clip((1.0 - 1e-6) * fitted + 1e-6 * _dense_rank(ranking), 0.0, 1.0)
 
 
-def _dense_rank(v):
+def _dense_rank(v: np.ndarray) -> np.ndarray:
     """Ranks in [0, 1] with equal values sharing a rank."""
     _, inverse = np.unique(v, return_inverse=True)
     return inverse / max(inverse.max(), 1)
 
 
-def corruption_score(labels, oos_logits, clean_oos_logits, average_influence, influence_weight=INFLUENCE_WEIGHT):
+def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos_logits: npt.ArrayLike,
+                     average_influence: npt.ArrayLike,
+                     influence_weight: float = INFLUENCE_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
     """The corruption score in [0, 1] (see module doc): the estimated probability
     that each given label is wrong.
 
@@ -236,7 +242,7 @@ def corruption_score(labels, oos_logits, clean_oos_logits, average_influence, in
     return calibrate(ranking, target), ranking
 
 
-def flag_top(scores, n):
+def flag_top(scores: np.ndarray, n: int) -> np.ndarray:
     """Boolean mask of the ``n`` highest scores (ties broken by position)."""
     flags = np.zeros(len(scores), dtype=bool)
     if n > 0:
@@ -244,7 +250,7 @@ def flag_top(scores, n):
     return flags
 
 
-def suspects(score, num_issues):
+def suspects(score: np.ndarray, num_issues: int) -> np.ndarray:
     """The suspect flag: the ``num_issues`` highest scores (cleanlab's count).
 
     Not ``score >= 0.5``: on the quality grid the count finds flips with a
@@ -252,7 +258,9 @@ def suspects(score, num_issues):
     return flag_top(score, num_issues)
 
 
-def audit_signals(labels, is_test, oos_logits, clean_oos_logits, average_influence, self_influence, loss):
+def audit_signals(labels: npt.ArrayLike, is_test: npt.ArrayLike, oos_logits: npt.ArrayLike,
+                  clean_oos_logits: npt.ArrayLike, average_influence: npt.ArrayLike,
+                  self_influence: np.ndarray, loss: np.ndarray) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
     """Every per-sample signal of an audit, from the head and influence stages.
 
     Returns:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 # Box sizes in CSS px, including a 3 px frame: 128 and 192 px of image (2x and 3x of 64 px).
 CARD, TARGET = 134, 198
@@ -76,11 +78,11 @@ SECTIONS = [
 ]
 
 
-def esc(x):
+def esc(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
-def fnum(x, kind="g"):
+def fnum(x: float | None, kind: str = "g") -> str:
     """A number as printed on the page (summary.json keeps it unrounded)."""
     if x is None:
         return "–"
@@ -97,13 +99,13 @@ def fnum(x, kind="g"):
     return f"{x:.3g}"
 
 
-def table(headers, rows):
+def table(headers: Iterable[object], rows: Iterable[Iterable[object]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def plot(uri, alt):
+def plot(uri: str, alt: str) -> str:
     return f'<img class="plot" src="{uri}" alt="{esc(alt)}">'
 
 
@@ -357,7 +359,8 @@ def _run(s, figs):
     ])
 
 
-def render_html(summary, figures, thumbs):
+def render_html(summary: Mapping[str, Any], figures: Mapping[str, str],
+                thumbs: Mapping[str, tuple[str | None, int, int]]) -> str:
     """The page: ``summary`` (see :func:`noise_audit.reports.summary.report`), figure URIs, ``{path: (uri, w, h)}``."""
     card = _Cards(thumbs)
     o = summary["overview"]

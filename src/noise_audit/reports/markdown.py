@@ -7,6 +7,9 @@ and ``summary.json``; figures and images stay in the HTML page.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from noise_audit.reports.html import fnum
 
 
@@ -19,7 +22,7 @@ def _table(headers, rows):
     return "\n".join(lines)
 
 
-def render_markdown(s):
+def render_markdown(s: Mapping[str, Any]) -> str:
     """Markdown for the summary of :func:`noise_audit.reports.summary.report`."""
     o, d, m, su, t, r = s["overview"], s["data"], s["model"], s["suspects"], s.get("truth"), s["run"]
     out = [

@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CLEAN, HELD_OUT, FLIPPED, GREY = "#3b75af", "#ef8636", "#c53a32", "#8c8c8c"
 PALETTE = ["#3b75af", "#ef8636", "#519e3e", "#c53a32", "#8d69b8", "#84584e", "#d57dbf", "#7f7f7f", "#bcbc45", "#58bbcc"]
@@ -42,7 +48,7 @@ def _style(ax, title, xlabel, ylabel):
     ax.set_axisbelow(True)
 
 
-def to_data_uri(fig):
+def to_data_uri(fig: Figure) -> str:
     """The figure as a ``data:image/png;base64,...`` URI."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
@@ -65,7 +71,7 @@ def _bins(*arrays, n=40):
 # --------------------------------------------------------------------- data
 
 
-def class_counts(classes, counts):
+def class_counts(classes: Sequence[str], counts: Mapping[str, Mapping[str, int]]) -> str:
     """Grouped horizontal bars: training and held-out samples per class."""
     fig = _figure(7.0, 0.8 + 0.42 * len(classes))
     ax = fig.add_subplot()
@@ -88,7 +94,7 @@ def class_counts(classes, counts):
 # -------------------------------------------------------------------- model
 
 
-def loss_curves(history):
+def loss_curves(history: Mapping[str, Any]) -> str:
     """Training and validation loss of the head along its L-BFGS steps.
 
     The head starts from zero weights (uniform predictions, loss ``ln C``),
@@ -113,7 +119,7 @@ def loss_curves(history):
     return to_data_uri(fig)
 
 
-def confusion(classes, matrix):
+def confusion(classes: Sequence[str], matrix: npt.ArrayLike) -> str:
     """Confusion matrix on the held-out set, counts in the cells."""
     m = np.asarray(matrix)
     side = 2.6 + 0.45 * len(classes)
@@ -138,7 +144,7 @@ def confusion(classes, matrix):
 # ------------------------------------------------------------------- scores
 
 
-def influence_by_label(classes, values_by_class):
+def influence_by_label(classes: Sequence[str], values_by_class: Mapping[str, npt.ArrayLike]) -> str:
     """The seed's ``plot_influence_distribution_by_label``: one histogram per label."""
     fig = _figure(7.0, 3.6)
     ax = fig.add_subplot()
@@ -152,7 +158,8 @@ def influence_by_label(classes, values_by_class):
     return to_data_uri(fig)
 
 
-def corruption_histogram(classes, values_by_class, threshold):
+def corruption_histogram(classes: Sequence[str], values_by_class: Mapping[str, npt.ArrayLike],
+                         threshold: float | None) -> str:
     """Stacked histogram of the corruption score by label, suspect cut-off marked."""
     fig = _figure(7.0, 3.6)
     ax = fig.add_subplot()
@@ -169,7 +176,8 @@ def corruption_histogram(classes, values_by_class, threshold):
     return to_data_uri(fig)
 
 
-def issues_per_class(classes, estimated, flipped=None):
+def issues_per_class(classes: Sequence[str], estimated: Mapping[str, int],
+                     flipped: Mapping[str, int] | None = None) -> str:
     """Estimated label errors per class, beside the injected truth when known."""
     fig = _figure(7.0, 0.8 + 0.42 * len(classes))
     ax = fig.add_subplot()
@@ -195,7 +203,9 @@ def issues_per_class(classes, estimated, flipped=None):
 # -------------------------------------------------------------------- truth
 
 
-def clean_vs_flipped(classes, clean_by_class, flipped_by_class, what, xlabel):
+def clean_vs_flipped(classes: Sequence[str], clean_by_class: Mapping[str, npt.ArrayLike],
+                     flipped_by_class: Mapping[str, npt.ArrayLike],
+                     what: str, xlabel: str) -> str:
     """The seed's ``plot_corrupted_influences_distribution``: per label, clean vs flipped."""
     n = len(classes)
     cols = min(n, 3)
@@ -218,7 +228,7 @@ def clean_vs_flipped(classes, clean_by_class, flipped_by_class, what, xlabel):
     return to_data_uri(fig)
 
 
-def pr_curves(curves, aps):
+def pr_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], aps: Mapping[str, float]) -> str:
     """Precision-recall curves of the corruption score (bold) and each single signal."""
     fig = _figure(5.4, 4.2)
     ax = fig.add_subplot()
@@ -235,7 +245,7 @@ def pr_curves(curves, aps):
     return to_data_uri(fig)
 
 
-def reliability(calibration):
+def reliability(calibration: Mapping[str, Any]) -> str:
     """Reliability diagram: per score bin, the share of flipped samples against the
     bin's mean score (on the diagonal = calibrated); marker area ~ samples."""
     fig = _figure(4.6, 4.2)
@@ -256,7 +266,7 @@ def reliability(calibration):
 # ------------------------------------------------------------------ timings
 
 
-def timings(audit_timings, report_timings):
+def timings(audit_timings: Mapping[str, float], report_timings: Mapping[str, float]) -> str:
     """Seconds per stage of the audit and of the report."""
     items = [(f"audit: {k}", v) for k, v in audit_timings.items() if k != "total"]
     items += [(f"report: {k}", v) for k, v in report_timings.items() if k != "total"]
@@ -285,10 +295,14 @@ class Thumbnails:
     ``image-rendering: pixelated``, so they stay sharp instead of blurred.
     """
 
-    def __init__(self, max_side=192, quality=90):
+    max_side: int
+    quality: int
+    _cache: dict[str, tuple[str | None, int, int]]
+
+    def __init__(self, max_side: int = 192, quality: int = 90) -> None:
         self.max_side, self.quality, self._cache = max_side, quality, {}
 
-    def get(self, path):
+    def get(self, path: str) -> tuple[str | None, int, int]:
         """``(data_uri, width, height)``, or ``(None, 0, 0)`` for an unreadable file."""
         if path not in self._cache:
             self._cache[path] = self._encode(path)

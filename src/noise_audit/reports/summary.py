@@ -57,6 +57,8 @@ import datetime
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -69,6 +71,9 @@ from noise_audit.metrics import calibration, evaluate, pr_curve
 from noise_audit.signals import SHOWN, suspicion
 from noise_audit.store.runs import audit_fields, load_audit
 
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
+
 REPORT_VERSION = 1
 FILES = {"html": "report.html", "json": "summary.json", "markdown": "summary.md"}
 # The signals the report compares: name -> audit field suffix (noise_audit.signals).
@@ -80,7 +85,7 @@ PR_POINTS = 400  # precision-recall curves are thinned to this many points in su
 # ----------------------------------------------------------------- checks
 
 
-def check_out_dir(out_dir):
+def check_out_dir(out_dir: str | os.PathLike[str]) -> str:
     """Raises unless ``out_dir`` is, or can be made, a writable folder for the report's files."""
     return validation.out_dir(out_dir, FILES.values())
 
@@ -101,7 +106,7 @@ def _audited_view(samples, key):
     return dataset, config, results, view
 
 
-def label_error_rate(samples, key="noise_audit"):
+def label_error_rate(samples: SampleCollection, key: str = "noise_audit") -> dict[str, Any]:
     """The audit's estimated share of label errors, ``num_label_issues / n``.
 
     Returns:
@@ -397,8 +402,10 @@ def _thumbnails(s):
 # -------------------------------------------------------------------- entry
 
 
-def report(samples, key="noise_audit", out_dir="noise-audit-report", truth_field=None, top_n=24,
-           n_explained=3, k_explained=3, k_influential=4, examples_per_class=None, progress=True, on_progress=None):
+def report(samples: SampleCollection, key: str = "noise_audit", out_dir: str | os.PathLike[str] = "noise-audit-report",
+           truth_field: str | None = None, top_n: int = 24, n_explained: int = 3, k_explained: int = 3,
+           k_influential: int = 4, examples_per_class: int | None = None, progress: bool = True,
+           on_progress: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
     """Writes ``report.html``, ``summary.json`` and ``summary.md`` for an audit.
 
     Reads the audit ``key`` (its FiftyOne run and fields) and never writes to
@@ -439,7 +446,7 @@ def report(samples, key="noise_audit", out_dir="noise-audit-report", truth_field
         if not isinstance(v, (int, np.integer)) or v < 0:
             raise NoiseAuditError(f"{name} must be a non-negative integer, not {v!r}")
 
-    timings = {}
+    timings: dict[str, float] = {}
     bar = tqdm(total=len(STAGES), desc="report", disable=not progress, unit="stage")
     clock = {"t": time.perf_counter()}
 

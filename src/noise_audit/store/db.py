@@ -137,7 +137,7 @@ def _start_or_attach(dbdir, timeout):
         time.sleep(0.2)
 
 
-def connect(timeout=180.0):
+def connect(timeout: float = 180.0) -> None:
     """Connects FiftyOne to its database, safely when other processes start too."""
     import fiftyone as fo
     import fiftyone.core.odm.database as fod

@@ -29,8 +29,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 from bson import ObjectId
@@ -38,22 +40,29 @@ from pymongo import UpdateOne
 
 from noise_audit.errors import NoiseAuditError
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from fiftyone.core.dataset import Dataset
+
+# legacy(info, field): whether a field written before roles existed has the role asked for
+Legacy = Callable[[dict[str, Any], Any], bool]
+
 OWNER = "noise_audit"
 LOCKS = "noise_audit_locks"  # collection of lease documents, one per locked dataset
 LEASE_S = 600.0  # a lock held longer than this by a process on another host is taken over
 
 
-def _info(dataset, name):
+def _info(dataset: Dataset, name: str) -> dict[str, Any] | None:
     field = dataset.get_field(name)
     return (getattr(field, "info", None) or {}) if field is not None else None
 
 
-def field_info(dataset, name):
+def field_info(dataset: Dataset, name: str) -> dict[str, Any] | None:
     """The ``info`` dict of field ``name`` (``{}`` if none), or None if absent."""
     return _info(dataset, name)
 
 
-def is_own_field(dataset, name, **match):
+def is_own_field(dataset: Dataset, name: str, **match: Any) -> bool:
     """Whether ``name`` exists and was created by noise-audit (with ``match``)."""
     info = _info(dataset, name)
     if not info or info.get("created_by") != OWNER:
@@ -61,7 +70,7 @@ def is_own_field(dataset, name, **match):
     return all(info.get(k) == v for k, v in match.items())
 
 
-def has_role(dataset, name, role, legacy=None):
+def has_role(dataset: Dataset, name: str, role: str, legacy: Legacy | None = None) -> bool:
     """Whether ``name`` is ours with ``role``; a field without a role (written
     by an older version) passes when ``legacy(info, field)`` says so."""
     info = _info(dataset, name)
@@ -72,7 +81,8 @@ def has_role(dataset, name, role, legacy=None):
     return bool(legacy and legacy(info, dataset.get_field(name)))
 
 
-def check_writable(dataset, names, role=None, legacy=None, **match):
+def check_writable(dataset: Dataset, names: Sequence[str], role: str | None = None, legacy: Legacy | None = None,
+                   **match: Any) -> None:
     """Raises unless every field in ``names`` is absent or ours (with ``role``
     and ``match``), before anything is written."""
     schema = dataset.get_field_schema()
@@ -93,7 +103,7 @@ def check_writable(dataset, names, role=None, legacy=None, **match):
         )
 
 
-def declare_field(dataset, name, ftype, embedded_doc_type=None, **info):
+def declare_field(dataset: Dataset, name: str, ftype: type, embedded_doc_type: type | None = None, **info: Any) -> None:
     """Creates ``name`` (if absent) and stamps it with our ownership info."""
     if dataset.get_field(name) is None:
         kwargs = {"embedded_doc_type": embedded_doc_type} if embedded_doc_type else {}
@@ -103,12 +113,12 @@ def declare_field(dataset, name, ftype, embedded_doc_type=None, **info):
     field.save()
 
 
-def write_values(dataset, name, ids, values):
+def write_values(dataset: Dataset, name: str, ids: Iterable[str], values: Iterable[Any]) -> None:
     """Writes ``values`` to the samples with ``ids`` (other samples untouched)."""
     dataset.set_values(name, dict(zip(ids, values)), key_field="id")
 
 
-def write_columns(dataset, ids, columns):
+def write_columns(dataset: Dataset, ids: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> None:
     """Writes several declared fields at once: one update per sample, not per field.
 
     ``columns`` maps a field name to one value per id, already in the form
@@ -132,13 +142,13 @@ def write_columns(dataset, ids, columns):
 _VECTOR = fo.VectorField()
 
 
-def classification_doc(label, confidence, logits):
+def classification_doc(label: str, confidence: float, logits: npt.ArrayLike) -> dict[str, Any]:
     """An ``fo.Classification`` as stored by FiftyOne, without building the object."""
     return {"_id": ObjectId(), "_cls": "Classification", "tags": [], "label": label,
             "confidence": float(confidence), "logits": _VECTOR.to_mongo(logits)}
 
 
-def delete_fields(dataset, names, **match):
+def delete_fields(dataset: Dataset, names: Iterable[str], **match: Any) -> list[str]:
     """Deletes those of ``names`` that exist and are ours (with ``match``)."""
     own = [n for n in names if is_own_field(dataset, n, **match)]
     if own:
@@ -146,7 +156,7 @@ def delete_fields(dataset, names, **match):
     return own
 
 
-def unset_raw(dataset, names):
+def unset_raw(dataset: Dataset, names: Sequence[str]) -> None:
     """Removes keys ``names`` from every sample document, declared or not
     (what an interrupted rename or delete can leave behind)."""
     if names:
@@ -154,7 +164,7 @@ def unset_raw(dataset, names):
             {"$or": [{n: {"$exists": True}} for n in names]}, {"$unset": {n: "" for n in names}})
 
 
-def has_raw(dataset, name):
+def has_raw(dataset: Dataset, name: str) -> bool:
     """Whether any sample document has the key ``name``, declared or not."""
     return dataset._sample_collection.find_one({name: {"$exists": True}}, {"_id": 1}) is not None
 
@@ -164,18 +174,19 @@ def has_raw(dataset, name):
 _HOST = socket.gethostname()
 
 
-def _started(pid):
+def _started(pid: int) -> float:
     import psutil
 
     return round(psutil.Process(pid).create_time(), 2)
 
 
-def writer():
+def writer() -> dict[str, Any]:
     """This process as a writer: host, pid and start time (pids are reused)."""
     return {"host": _HOST, "pid": os.getpid(), "started": _started(os.getpid())}
 
 
-def writer_alive(w, max_age_s=None, since=None):
+def writer_alive(w: Mapping[str, Any] | None, max_age_s: float | None = None,
+                 since: datetime | None = None) -> bool:
     """Whether the writer ``w`` (from :func:`writer`) still runs.
 
     On this host: its pid runs and started when ``w`` says. On another host we
@@ -209,7 +220,7 @@ def _locks():
 
 
 @contextmanager
-def dataset_lock(dataset, timeout=900.0):
+def dataset_lock(dataset: Dataset, timeout: float = 900.0) -> Iterator[None]:
     """Holds the noise-audit lock of ``dataset`` (re-entrant in a thread).
 
     A lease document ``{_id: "dataset:<id>", writer, at}`` in the collection
@@ -262,7 +273,7 @@ def dataset_lock(dataset, timeout=900.0):
         coll.delete_one({"_id": lock_id, "token": token})
 
 
-def renew_lock(dataset):
+def renew_lock(dataset: Dataset) -> None:
     """Shows life on a held lock (for long writes seen from another host)."""
     held = getattr(_held, "locks", None) or {}
     entry = held.get(f"dataset:{dataset._doc.id}")

@@ -48,8 +48,10 @@ import os
 import re
 import signal as signals_
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -61,32 +63,36 @@ from noise_audit.signals import BY_NAME, FIELD_SIGNALS, SHOWN, SIGNALS, suspicio
 from noise_audit.store.fields import (OWNER, check_writable, dataset_lock, field_info, has_raw, is_own_field,
                      renew_lock, unset_raw, write_columns, writer, writer_alive)
 
+if TYPE_CHECKING:
+    from fiftyone.core.collections import SampleCollection
+    from fiftyone.core.dataset import Dataset
+
 logger = logging.getLogger(__name__)
 
 RUN_METHOD = "noise_audit"
 FORMAT = 2  # 1: plain RunConfig/RunResults (before the run classes)
 # The fields of an audit (``{key}_{suffix}``) and their types: the signals the
 # table of noise_audit.signals writes to fields, the suspect flag, the prediction.
-SIGNAL_FIELDS = {s.field: fo.FloatField for s in FIELD_SIGNALS} | {
+SIGNAL_FIELDS: dict[str, type] = {cast(str, s.field): fo.FloatField for s in FIELD_SIGNALS} | {
     "suspect": fo.BooleanField,
     "prediction": fo.EmbeddedDocumentField,
 }
 # AuditResults.signals that are read back from the fields (the rest are stored in the results)
-SIGNAL_OF_FIELD = {s.name: s.field for s in FIELD_SIGNALS}
+SIGNAL_OF_FIELD: dict[str, str] = {s.name: cast(str, s.field) for s in FIELD_SIGNALS}
 TMP, OLD = "noise_audit_tmp", "noise_audit_old"
 _TEMP = re.compile(rf"^({TMP}|{OLD})_([0-9a-f]{{12}})_(\w+)$")
 WRITE_STEPS = ("declared", "written", "prepared", "old_moved", "new_moved", "linked", "old_deleted")
 FAULT_ENV = "NOISE_AUDIT_FAULT_AT"  # test-only: "<step>" raises there, "<step>:kill" SIGKILLs this process
 STALE_TMP_S = 6 * 3600.0  # temporary fields of a writer on another host count as abandoned after this
 
-_active = set()  # tokens of the writes in progress in this process
+_active: set[str] = set()  # tokens of the writes in progress in this process
 
 
 class InjectedFault(RuntimeError):
     """Raised at a write step named by ``$NOISE_AUDIT_FAULT_AT`` (tests only)."""
 
 
-def _step(name):
+def _step(name: str) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -97,20 +103,20 @@ def _step(name):
         raise InjectedFault(f"fault injected at write step {name!r}")
 
 
-def audit_fields(key):
+def audit_fields(key: str) -> dict[str, str]:
     """``{signal: field name}`` of an audit under ``key``."""
     return {name: f"{key}_{name}" for name in SIGNAL_FIELDS}
 
 
-def _tmp(token, name):
+def _tmp(token: str, name: str) -> str:
     return f"{TMP}_{token}_{name}"
 
 
-def _old(token, name):
+def _old(token: str, name: str) -> str:
     return f"{OLD}_{token}_{name}"
 
 
-def _role(key):
+def _role(key: str) -> str:
     return f"audit:{key}"
 
 
@@ -125,33 +131,33 @@ class AuditRunConfig(fors.RunConfig):
     attributes or, as from a dict, ``config["label_field"]``.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         kwargs["method"] = RUN_METHOD
         super().__init__(**kwargs)
 
     @property
-    def run_cls(self):
+    def run_cls(self) -> type[AuditRun]:
         return AuditRun
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Any:
         try:
             return getattr(self, name)
         except AttributeError:
             raise KeyError(name) from None
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self.keys()
 
-    def get(self, name, default=None):
+    def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
 
-    def keys(self):
+    def keys(self) -> list[str]:
         return [a for a in vars(self) if not a.startswith("_")]
 
-    def items(self):
+    def items(self) -> list[tuple[str, Any]]:
         return [(k, getattr(self, k)) for k in self.keys()]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The settings as a plain JSON dict (no class bookkeeping)."""
         d = json.loads(json.dumps(self.serialize(), default=str))
         for k in ("cls", "type"):
@@ -159,7 +165,7 @@ class AuditRunConfig(fors.RunConfig):
         return d
 
     @classmethod
-    def from_legacy(cls, config):
+    def from_legacy(cls, config: fors.RunConfig) -> AuditRunConfig:
         d = deepcopy(config.serialize())
         for k in ("cls", "type", "method"):
             d.pop(k, None)
@@ -169,10 +175,10 @@ class AuditRunConfig(fors.RunConfig):
 class AuditRun(fors.Run):
     """The audit as a FiftyOne run: which fields it owns, how to delete and rename them."""
 
-    def get_fields(self, samples, key):
+    def get_fields(self, samples: SampleCollection, key: str) -> list[str]:
         return list(_config_fields(self.config, key).values())
 
-    def cleanup(self, samples, key):
+    def cleanup(self, samples: SampleCollection, key: str) -> None:
         dataset = samples._dataset
         with dataset_lock(dataset):
             token = getattr(self.config, "token", None)
@@ -181,16 +187,16 @@ class AuditRun(fors.Run):
             if own:
                 dataset.delete_sample_fields(own)
 
-    def rename(self, samples, key, new_key):
+    def rename(self, samples: SampleCollection, key: str, new_key: str) -> None:
         _rename_audit(samples._dataset, key, new_key, self.config)
 
 
-def _config_fields(config, key):
+def _config_fields(config: Any, key: str) -> dict[str, str]:
     fields = getattr(config, "fields", None)
     return dict(fields) if isinstance(fields, dict) and fields else audit_fields(key)
 
 
-def _belongs(dataset, name, key, token):
+def _belongs(dataset: Dataset, name: str, key: str, token: str | None) -> bool:
     """Whether field ``name`` is a signal field of the audit ``key`` written by ``token``."""
     info = field_info(dataset, name)
     if not info or info.get("created_by") != OWNER or info.get("key") != key:
@@ -220,7 +226,16 @@ class AuditResults(fors.RunResults):
     are kept in the results.
     """
 
-    def __init__(self, samples, config, key, backend=None, signals=None, predictions=None, **kwargs):
+    ids: np.ndarray
+    labels: np.ndarray
+    is_test: np.ndarray
+    classes: list[str]
+    num_label_issues: int
+    stored_signals: dict[str, dict[str, Any]]  # the signals not in fields, encoded
+
+    def __init__(self, samples: SampleCollection, config: AuditRunConfig, key: str, backend: Any = None,
+                 signals: Mapping[str, np.ndarray] | None = None, predictions: np.ndarray | None = None,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("format", FORMAT)
         super().__init__(samples, config, key, backend=backend, **kwargs)
         self.ids = np.asarray(self.ids)
@@ -234,18 +249,18 @@ class AuditResults(fors.RunResults):
             self.stored_signals = {}
 
     @property
-    def dataset(self):
+    def dataset(self) -> str:
         return self.samples._root_dataset.name
 
     @property
-    def timings(self):
+    def timings(self) -> dict[str, float]:
         return dict(getattr(self.config, "timings", None) or {})
 
     @property
-    def fields(self):
+    def fields(self) -> dict[str, str]:
         return _config_fields(self.config, self.key)
 
-    def _column(self, path):
+    def _column(self, path: str) -> list[Any]:
         ds = self.samples._root_dataset
         ids, values = ds.values(["id", path])
         pos = dict(zip(ids, range(len(ids))))
@@ -255,7 +270,7 @@ class AuditResults(fors.RunResults):
         return [values[pos[i]] for i in self.ids]
 
     @property
-    def signals(self):
+    def signals(self) -> dict[str, np.ndarray]:
         if self._signals is None:
             out = {n: _decode(v) for n, v in (self.stored_signals or {}).items()}
             for name, field in SIGNAL_OF_FIELD.items():
@@ -265,7 +280,7 @@ class AuditResults(fors.RunResults):
         return self._signals
 
     @property
-    def predictions(self):
+    def predictions(self) -> np.ndarray:
         if self._predictions is None:
             from scipy.special import softmax
 
@@ -274,16 +289,16 @@ class AuditResults(fors.RunResults):
         return self._predictions
 
     @property
-    def corruption_score(self):
+    def corruption_score(self) -> np.ndarray:
         return self.signals["corruption_score"]
 
-    def suspicion(self):
+    def suspicion(self) -> dict[str, np.ndarray]:
         """The signals compared in evaluations (the fields' and the in-sample loss),
         each oriented so that higher = more suspicious."""
         s = self.signals
         return {x.name: suspicion(x.name, s[x.name]) for x in SHOWN + (BY_NAME["loss"],) if x.name in s}
 
-    def attributes(self):
+    def attributes(self) -> list[str]:
         return ["cls"] + [a for a in vars(self) if not a.startswith("_")]
 
 
@@ -299,7 +314,7 @@ def _decode(d):
 # -- keys, listing, loading ---------------------------------------------------
 
 
-def check_key(dataset, key, overwrite=False):
+def check_key(dataset: Dataset, key: str, overwrite: bool = False) -> None:
     """Raises unless ``key`` names a new audit (or ours, with ``overwrite``)."""
     if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
         raise NoiseAuditError(f"key must be an identifier (letters, digits, _), not {key!r}")
@@ -314,16 +329,16 @@ def check_key(dataset, key, overwrite=False):
                    legacy=lambda info, field: info.get("key") == key, key=key)
 
 
-def is_audit(dataset, key):
+def is_audit(dataset: Dataset, key: str) -> bool:
     return dataset.has_run(key) and getattr(dataset.get_run_info(key).config, "method", None) == RUN_METHOD
 
 
-def list_audits(dataset):
+def list_audits(dataset: Dataset) -> list[str]:
     """Keys of the noise audits registered on ``dataset``."""
     return [k for k in dataset.list_runs() if is_audit(dataset, k)]
 
 
-def load_audit(dataset, key):
+def load_audit(dataset: Dataset, key: str) -> tuple[AuditRunConfig, AuditResults]:
     """``(config, results)`` of the audit under ``key``: an :class:`AuditRunConfig`
     and the :class:`AuditResults` that :func:`noise_audit.core.auditing` returned."""
     if not is_audit(dataset, key):
@@ -350,8 +365,10 @@ def load_audit(dataset, key):
 # -- writing -------------------------------------------------------------------
 
 
-def write_audit(samples, key, ids, values, config, results, signals=None, predictions=None,
-                overwrite=False, before_commit=None):
+def write_audit(samples: SampleCollection, key: str, ids: Sequence[str], values: Mapping[str, Sequence[Any]],
+                config: Mapping[str, Any], results: Mapping[str, Any],
+                signals: Mapping[str, np.ndarray] | None = None, predictions: np.ndarray | None = None,
+                overwrite: bool = False, before_commit: Callable[[], Any] | None = None) -> AuditResults:
     """Writes the fields and registers the run, all or nothing (see the module doc).
 
     ``values`` maps each signal of :data:`SIGNAL_FIELDS` to one stored value
@@ -558,7 +575,7 @@ def _writes(dataset):
     return writes, orphans, linked
 
 
-def recover(dataset, key=None):
+def recover(dataset: Dataset, key: str | None = None) -> dict[str, list[str]]:
     """Finishes or rolls back what interrupted writes left (under the lock).
 
     Every write whose writer is gone is finished (if committed) or rolled
@@ -569,7 +586,7 @@ def recover(dataset, key=None):
     Returns:
         ``{"rolled_back": [keys], "finished": [keys], "orphans": [fields]}``
     """
-    out = {"rolled_back": [], "finished": [], "orphans": []}
+    out: dict[str, list[str]] = {"rolled_back": [], "finished": [], "orphans": []}
     with dataset_lock(dataset):
         writes, orphans, linked = _writes(dataset)
         orphans = [name for k, name in orphans if k == key]
@@ -656,7 +673,7 @@ def _recover_token(dataset, token, entry=None):
 # -- deleting and renaming ------------------------------------------------------
 
 
-def delete_audit(dataset, key):
+def delete_audit(dataset: Dataset, key: str) -> None:
     """Removes the audit ``key``: its run and exactly its fields.
 
     Also cleans what interrupted writes left on the dataset (see
