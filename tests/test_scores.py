@@ -170,3 +170,30 @@ def test_calibration_metrics_by_hand():
     assert cal["bins"][9]["n"] == 4 and cal["bins"][9]["share_flipped"] == 0.75
     flags = metrics.flag_metrics(p >= 0.5, t)
     assert flags["precision"] == 0.75 and flags["recall"] == 0.75
+
+
+def test_held_out_labels_fix_the_temperature_of_a_weak_head():
+    """Step 3 with held-out rows: their given labels (right by assumption) set the
+    temperature, so a weak, over-sharp head is still calibrated, where the joint fit
+    of temperature and noise matrix on the noisy labels alone is not."""
+    p_clean, noise, given, wrong = _noisy_world(n=8000, rate=0.2, seed=3, sharpness=1.0)  # a weak head
+    rng = np.random.default_rng(3)
+    is_test = rng.random(len(given)) < 0.2
+    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right: draw them again from p*
+        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
+    wrong = wrong & ~is_test
+    logits = 3.0 * np.log(p_clean)  # over-sharp folds: the right temperature is 3
+    noisy = np.log(p_clean @ noise.T)
+    audited = ~is_test
+    held = scores.wrong_label_posterior(given, noisy, logits, is_test)
+    joint = scores.wrong_label_posterior(given, noisy, logits)
+    cal_held = metrics.calibration(held[audited], wrong[audited])
+    cal_joint = metrics.calibration(joint[audited], wrong[audited])
+    assert cal_held["ece"] < 0.04
+    assert abs(cal_held["mean_score"] - cal_held["error_rate"]) < 0.03
+    assert cal_joint["ece"] > cal_held["ece"] + 0.02  # without the held-out labels: worse
+    score, _ = scores.corruption_score(given, noisy, logits, np.zeros(len(given)), is_test)
+    assert metrics.calibration(score[audited], wrong[audited])["ece"] < 0.05
+    # too few held-out rows to trust their temperature: the joint fit, as without any
+    few = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT - 1)
+    assert np.array_equal(scores.wrong_label_posterior(given, noisy, logits, few), joint)
