@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 from noise_audit.reports import plots
 from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
-from noise_audit.metrics import calibration, evaluate, pr_curve
+from noise_audit.metrics import calibration, evaluate, flag_metrics, pr_curve
 from noise_audit.signals import SHOWN, suspicion
 from noise_audit.store.runs import audit_fields, load_audit
 
@@ -319,11 +319,12 @@ def _truth(a, truth_field):
     for name, suffix in SIGNALS.items():
         curves[name] = _thin(pr_curve(suspicion(name, a.signals[name]), a.truth))
     flagged = a.suspect
+    flags = flag_metrics(flagged, a.truth)  # sklearn's precision and recall
     return {
         "field": truth_field, "n_flipped": int(a.truth.sum()), "n_clean": int((~a.truth).sum()),
         "n_flagged": int(flagged.sum()), "n_flagged_and_flipped": int((flagged & a.truth).sum()),
-        "flagged_precision": float((flagged & a.truth).sum() / flagged.sum()) if flagged.any() else None,
-        "flagged_recall": float((flagged & a.truth).sum() / a.truth.sum()),
+        "flagged_precision": flags["precision"] if flagged.any() else None,
+        "flagged_recall": flags["recall"],
         "metrics": metrics, "pr_curves": curves,
         "calibration": calibration(a.signals["corruption_score"], a.truth),
         "cleaning": _cleaning(a),
