@@ -27,7 +27,7 @@ from noise_audit.core.data import classification_fields
 from noise_audit.errors import NoiseAuditError
 from noise_audit.core.features import BACKBONES
 from noise_audit.core.influence import METHODS
-from noise_audit.noise import STRATEGIES, check_targets, injected_fields
+from noise_audit.noise import STRATEGIES, check_targets, default_noisy_field, injected_fields
 from noise_audit.store.runs import check_key, list_audits
 
 from .panel import NoiseAuditPanel
@@ -58,12 +58,6 @@ def given(ctx, names):
     """The parameters among ``names`` the user set (an empty text field counts
     as unset), as keyword arguments for the library call."""
     return {name: ctx.params[name] for name in names if ctx.params.get(name) not in (None, "")}
-
-
-def noisy_field_default(label_field):
-    """inject_label_noise's name for the noisy copy when ``noisy_field`` is not
-    given (the library has no constant or helper for it)."""
-    return f"{label_field}_noisy"
 
 
 def _error(inputs, message, name="error"):
@@ -157,7 +151,7 @@ class InjectLabelNoise(foo.Operator):
                     view=types.RadioGroup())
         inputs.int("seed", default=d["seed"], label="Seed")
         noisy = ctx.params.get("noisy_field") or d["noisy_field"] or (
-            noisy_field_default(label_field) if label_field else None)
+            default_noisy_field(label_field) if label_field else None)
         inputs.str("noisy_field", default=noisy, label="Noisy label field", description="Where the noisy copy goes")
         inputs.str("flag_field", default=d["flag_field"], label="Flip flag field",
                    description="Boolean field: True where the label was flipped")

@@ -57,6 +57,12 @@ def _find_influence_field(dataset: Dataset) -> str:
 NOISY_ROLE, FLAG_ROLE = "noise:noisy", "noise:flag"  # info.role of the two fields an injection writes
 
 
+def default_noisy_field(label_field: str) -> str:
+    """Where :func:`inject_label_noise` puts the noisy copy of ``label_field`` when
+    ``noisy_field`` is not given (and where :func:`remove_label_noise` looks)."""
+    return f"{label_field}_noisy"
+
+
 def _legacy_noisy(info: dict[str, Any], field: Any) -> bool:  # written before roles: the copy is a Classification field
     return "source_field" in info and getattr(field, "document_type", None) is fo.Classification
 
@@ -107,7 +113,7 @@ def remove_label_noise(samples: SampleCollection, label_field: str = "ground_tru
         ``{"removed": [noisy_field, flag_field]}``
     """
     dataset = samples._dataset
-    noisy_field = noisy_field or f"{label_field}_noisy"
+    noisy_field = noisy_field or default_noisy_field(label_field)
     if noisy_field == flag_field:
         raise NoiseAuditError(f"noisy_field and flag_field must be two different fields, not both {noisy_field!r}")
     with dataset_lock(dataset):
@@ -192,7 +198,7 @@ def inject_label_noise(
     if strategy not in STRATEGIES:
         raise NoiseAuditError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     fraction, seed = validation.fraction(fraction), validation.seed(seed)
-    noisy_field = noisy_field or f"{label_field}_noisy"
+    noisy_field = noisy_field or default_noisy_field(label_field)
     if noisy_field == label_field or flag_field == label_field:
         raise NoiseAuditError("noisy_field and flag_field must differ from label_field")
     data = read_labels(samples, label_field)
