@@ -251,7 +251,8 @@ def audit(
         timings["total"] = round(time.perf_counter() - t_start, 4)
 
     oos_probs = softmax(out.oos_logits, axis=1)
-    results = write_audit(samples, key, data.ids.tolist(), _field_values(data.classes, signals, suspect, out.oos_logits),
+    results = write_audit(samples, key, data.ids.tolist(),
+                          _field_values(data.classes, signals, suspect, out.oos_logits, oos_probs),
                           config, results_doc, signals=signals, predictions=oos_probs, overwrite=overwrite,
                           before_commit=finish_timings)
     if on_progress:
@@ -316,9 +317,8 @@ def _results_doc(data, is_test, out, mean, std, n_computed, n_issues, suspect):
     )
 
 
-def _field_values(classes, signals, suspect, oos_logits):
+def _field_values(classes, signals, suspect, oos_logits, oos_probs):
     """The values of an audit's fields (see :data:`noise_audit.signals.FIELD_SIGNALS`)."""
-    probs = softmax(oos_logits, axis=1)
-    predictions = [classification_doc(classes[int(p.argmax())], p.max(), lg) for p, lg in zip(probs, oos_logits)]
+    predictions = [classification_doc(classes[int(p.argmax())], p.max(), lg) for p, lg in zip(oos_probs, oos_logits)]
     return {s.field: signals[s.name].tolist() for s in FIELD_SIGNALS} | {
         "suspect": suspect.tolist(), "prediction": predictions}
