@@ -48,11 +48,7 @@ def noise_model_anchored(labels, oos_logits, clean_oos_logits, is_test):
     t = float(np.exp(minimize_scalar(nll, bounds=(-4.0, 2.0), method="bounded", options={"xatol": 1e-3}).x))
     probs = softmax(clean_oos_logits / t, axis=1)
     noise = cs.fit_noise_matrix(labels[tr], probs[tr], state["noise"])
-    return noise_posterior_all(labels, probs, noise), t
-
-
-def noise_posterior_all(labels, probs, noise):
-    return cs.noise_posterior(labels, probs, noise)
+    return cs.noise_posterior(labels, probs, noise), t
 
 
 def candidate(c, name):

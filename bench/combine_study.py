@@ -1,7 +1,7 @@
 """Offline study: truth-free combination and calibration of the corruption score (issues 9 and 11).
 
-Reads the stored grid cells (.cache/grid), recomputes the current score (functions copied from
-src/noise_audit/scores.py, no import of noise_audit) and three declared candidates, and scores them with the
+Reads the stored grid cells (.cache/grid), recomputes the current score (with the library's
+noise_audit.core.scores, as first reported) and three declared candidates, and scores them with the
 definitions of bench/quality_grid.py (all rows of a cell, held-out ones included; mean over seeds per
 data x strategy x rate; best single = max over average_influence, self_influence, label_quality, loss,
 loo_loss; ECE with 10 equal-width bins, pooled per data set). Writes bench/results/combine_study.json.
@@ -43,13 +43,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities, num_label_issues
-from cleanlab.rank import get_label_quality_scores
+from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import softmax
 from scipy.stats import rankdata
-from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+import _common  # noqa: F401  (sets the environment before FiftyOne is imported)
+from noise_audit.core import scores
+from noise_audit.core.scores import (  # the library's pieces the candidates are built from
+    _spread, calibrate, estimate_num_issues, fit_noise_matrix, given_label_loss, label_quality, loo_loss,
+    noise_posterior, temperature)
+from noise_audit.metrics import calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / ".cache" / "grid"
@@ -58,126 +63,15 @@ STRATEGIES = ("uniform", "pair", "confusion", "influential")
 SINGLES = ("average_influence", "self_influence", "label_quality", "loss", "loo_loss")
 HIGH = {"average_influence": -1, "self_influence": 1, "label_quality": -1, "loss": 1, "loo_loss": 1}
 
-# ---------------------------------------------------------------- copied from src/noise_audit/scores.py
-INFLUENCE_WEIGHT = 0.5
+
+def current_score(labels, oos_logits, clean_oos_logits, average_influence):
+    """The score as first reported: no held-out rows, so the noise model's temperature
+    and matrix are fit together (``scores.corruption_score`` without ``is_test``)."""
+    return scores.corruption_score(labels, oos_logits, clean_oos_logits, average_influence)
 
 
-def label_quality(labels, pred_probs):
-    return get_label_quality_scores(np.asarray(labels), pred_probs, method="self_confidence")
-
-
-def given_label_loss(logits, labels):
-    return -log_softmax(np.asarray(logits, dtype=float), axis=1)[np.arange(len(labels)), np.asarray(labels)]
-
-
-def loo_loss(loss, self_influence, n_train):
-    return loss + np.maximum(self_influence, 0.0) / n_train
-
-
-def temperature(logits, labels, rows=None):
-    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
-    if rows is not None:
-        logits, labels = logits[rows], labels[rows]
-    rows = np.arange(len(labels))
-
-    def nll(log_t):
-        return -log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean()
-
-    return float(np.exp(minimize_scalar(nll, bounds=(-5.0, 3.0), method="bounded").x))
-
-
-def _spread(v):
-    s = float(np.std(v))
-    return s if s > 0 else 1.0
-
-
-def ranking_score(average_influence, oos_loss, influence_weight=INFLUENCE_WEIGHT):
-    harm = -np.asarray(average_influence, dtype=float)
-    loss = np.asarray(oos_loss, dtype=float)
-    return influence_weight * harm / _spread(harm) + (1.0 - influence_weight) * loss / _spread(loss)
-
-
-def estimate_num_issues(labels, pred_probs):
-    return int(num_label_issues(np.asarray(labels), pred_probs))
-
-
-def noise_posterior(labels, pred_probs, noise_matrix):
-    labels = np.asarray(labels)
-    n = np.asarray(noise_matrix, dtype=float)[labels]
-    joint = pred_probs * n
-    right = joint[np.arange(len(labels)), labels]
-    return 1.0 - right / np.maximum(joint.sum(1), 1e-300)
-
-
-def fit_noise_matrix(labels, pred_probs, start, iterations=200, tol=1e-7):
-    labels = np.asarray(labels)
-    n_classes = pred_probs.shape[1]
-    onehot = np.eye(n_classes)[labels]
-    noise = np.asarray(start, dtype=float).copy()
-    for _ in range(iterations):
-        joint = pred_probs * noise[labels]
-        post = joint / np.maximum(joint.sum(1, keepdims=True), 1e-300)
-        new = onehot.T @ post
-        new /= np.maximum(new.sum(0, keepdims=True), 1e-300)
-        done = np.abs(new - noise).max() < tol
-        noise = new
-        if done:
-            break
-    return noise
-
-
-def fit_noise_model(labels, clean_logits, start):
-    labels = np.asarray(labels)
-    logits = np.asarray(clean_logits, dtype=float)
-    state = {"noise": np.asarray(start, dtype=float)}
-
-    def negative_log_likelihood(log_t):
-        probs = softmax(logits / np.exp(log_t), axis=1)
-        state["noise"] = fit_noise_matrix(labels, probs, state["noise"], iterations=100, tol=1e-6)
-        given = (probs * state["noise"][labels]).sum(1)
-        return -np.log(np.maximum(given, 1e-300)).mean()
-
-    log_t = minimize_scalar(negative_log_likelihood, bounds=(-4.0, 2.0), method="bounded",
-                            options={"xatol": 1e-3}).x
-    t = float(np.exp(log_t))
-    noise = fit_noise_matrix(labels, softmax(logits / t, axis=1), state["noise"])
-    return t, noise
-
-
-def _dense_rank(v):
-    _, inverse = np.unique(v, return_inverse=True)
-    return inverse / max(inverse.max(), 1)
-
-
-def calibrate(ranking, target):
-    ranking = np.asarray(ranking, dtype=float)
-    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True).fit_transform(ranking, target)
-    return np.clip((1.0 - 1e-6) * fitted + 1e-6 * _dense_rank(ranking), 0.0, 1.0)
-
-
-def current_score(labels, oos_logits, clean_oos_logits, average_influence, influence_weight=INFLUENCE_WEIGHT):
-    labels = np.asarray(labels)
-    t = temperature(oos_logits, labels)
-    clean_loss = given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
-    ranking = ranking_score(average_influence, clean_loss, influence_weight)
-    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(
-        labels, softmax(np.asarray(oos_logits, dtype=float), axis=1))
-    t_clean, noise = fit_noise_model(labels, clean_oos_logits, start)
-    target = noise_posterior(labels, softmax(np.asarray(clean_oos_logits, dtype=float) / t_clean, axis=1), noise)
-    return calibrate(ranking, target), ranking
-
-# ---------------------------------------------------------------- metrics (as noise_audit.metrics)
-
-
-def ece(p, t, bins=10):
-    p, t = np.asarray(p, float), np.asarray(t, bool)
-    which = np.clip((p * bins).astype(int), 0, bins - 1)
-    e = 0.0
-    for k in range(bins):
-        m = which == k
-        if m.any():
-            e += m.mean() * abs(p[m].mean() - t[m].mean())
-    return float(e)
+def ece(p, t):
+    return calibration(p, t)["ece"]
 
 
 def det(s, t):
@@ -270,19 +164,14 @@ def eap_weights(views_z, q, rows):
 
 def noise_model_joint(labels, oos_logits, clean_oos_logits, is_test):
     """Current step 3: (T, N) fit jointly on all rows; returns the posterior of every row."""
-    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, softmax(oos_logits, axis=1))
-    t, noise = fit_noise_model(labels, clean_oos_logits, start)
-    return noise_posterior(labels, softmax(clean_oos_logits / t, axis=1), noise)
+    return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits)
 
 
 def noise_model_heldout(labels, oos_logits, clean_oos_logits, is_test):
     """Held-out temperature: T of the cleaner folds fit on the held-out rows' given labels (trusted, as average
-    influence already trusts them), then N by EM on the audited rows with T fixed."""
-    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, softmax(oos_logits, axis=1))
-    t = temperature(clean_oos_logits, labels, is_test)
-    probs = softmax(clean_oos_logits / t, axis=1)
-    noise = fit_noise_matrix(labels[~is_test], probs[~is_test], start)
-    return noise_posterior(labels, probs, noise)
+    influence already trusts them), then N by EM on the audited rows with T fixed (adopted: it is now
+    ``scores.wrong_label_posterior``; every grid cell has at least its 100 held-out rows)."""
+    return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
 
 
 def noise_model_count(labels, oos_logits, clean_oos_logits, is_test):
