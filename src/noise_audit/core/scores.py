@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities, num_label_issues
 from cleanlab.rank import get_label_quality_scores
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.isotonic import IsotonicRegression
 
@@ -88,6 +88,33 @@ def temperature(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarray | No
         return -log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean()
 
     return float(np.exp(minimize_scalar(nll, bounds=(-5.0, 3.0), method="bounded").x))
+
+
+def vector_scaled_logits(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``logits / T + b``: a temperature and one bias per class, fit on the given labels of ``rows`` (log loss).
+
+    Guo et al.'s vector scaling (with one shared scale). The temperature alone
+    fixes probabilities that are too flat or too sharp; the biases fix a
+    head that favours some classes over others, which a noise model would
+    otherwise take for labels moved between those classes. Fit on rows whose
+    labels are trusted (the held-out rows), so it needs the same care as
+    :func:`temperature` with few of them (see :data:`MIN_HELD_OUT`).
+    """
+    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
+    z, y = logits[rows], labels[rows]
+    n, n_classes = z.shape
+    onehot = np.eye(n_classes)[y]
+
+    def nll_and_grad(params):
+        scale, bias = np.exp(params[0]), params[1:]
+        log_p = log_softmax(z * scale + bias, axis=1)
+        residual = (np.exp(log_p) - onehot) / n
+        return -log_p[np.arange(n), y].mean(), np.r_[(residual * z).sum() * scale, residual.sum(0)]
+
+    # The same range of temperatures as temperature(); biases of at most e^10.
+    bounds = [(-3.0, 5.0)] + [(-10.0, 10.0)] * n_classes
+    params = minimize(nll_and_grad, np.zeros(n_classes + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
+    return logits * np.exp(params[0]) + params[1:]
 
 
 def calibrated_probs(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
