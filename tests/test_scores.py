@@ -8,6 +8,7 @@ calibration) measurably fails.
 import numpy as np
 import pytest
 from scipy.special import softmax
+from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
 from sklearn.metrics import average_precision_score
 
 from noise_audit import metrics
@@ -197,3 +198,42 @@ def test_held_out_labels_fix_the_temperature_of_a_weak_head():
     # too few held-out rows to trust their temperature: the joint fit, as without any
     few = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT - 1)
     assert np.array_equal(scores.wrong_label_posterior(given, noisy, logits, few), joint)
+
+
+def test_vector_scaling_undoes_a_scaled_and_biased_head():
+    rng = np.random.default_rng(4)
+    true_logits = 2 * rng.normal(size=(20000, 4))
+    p_true = softmax(true_logits, axis=1)
+    labels = np.array([rng.choice(4, p=p) for p in p_true])
+    head = 3 * true_logits + np.array([2.0, 0.0, 0.0, -1.0])  # over-sharp and partial to class 0
+    every = np.ones(len(labels), bool)
+    fixed = softmax(scores.vector_scaled_logits(head, labels, every), axis=1)
+    assert np.abs(fixed - p_true).max() < 0.03
+    # a temperature alone cannot undo the biases
+    scaled = softmax(head / scores.temperature(head, labels), axis=1)
+    assert np.abs(scaled - p_true).max() > 0.15
+
+
+def test_held_out_labels_fix_the_class_biases_of_the_noise_model():
+    """A head partial to some classes looks, to a noise model with a temperature
+    alone, like labels moved away from those classes; the held-out labels'
+    class biases (step 3) remove that phantom noise."""
+    p_clean, noise, given, wrong = _noisy_world(n=8000, rate=0.1, seed=5, sharpness=1.5)
+    rng = np.random.default_rng(5)
+    is_test = rng.random(len(given)) < 0.2
+    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right
+        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
+    wrong = wrong & ~is_test
+    biased = np.log(p_clean) + np.array([1.5, 0.0, -0.5, 0.0])  # folds partial to class 0
+    noisy = np.log(p_clean @ noise.T)
+    audited = ~is_test
+    posterior = scores.wrong_label_posterior(given, noisy, biased, is_test)
+    cal = metrics.calibration(posterior[audited], wrong[audited])
+    assert cal["ece"] < 0.03
+    assert abs(cal["mean_score"] - cal["error_rate"]) < 0.02
+    # the same noise model with the held-out temperature only (round 2's E) is worse
+    probs = scores.calibrated_probs(biased, given, is_test)
+    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(given, softmax(noisy, axis=1))
+    temperature_only = scores.noise_posterior(given, probs, scores.fit_noise_matrix(given[audited], probs[audited],
+                                                                                     start))
+    assert metrics.calibration(temperature_only[audited], wrong[audited])["ece"] > cal["ece"] + 0.02
