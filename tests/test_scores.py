@@ -237,3 +237,41 @@ def test_held_out_labels_fix_the_class_biases_of_the_noise_model():
     temperature_only = scores.noise_posterior(given, probs, scores.fit_noise_matrix(given[audited], probs[audited],
                                                                                      start))
     assert metrics.calibration(temperature_only[audited], wrong[audited])["ece"] > cal["ece"] + 0.02
+
+
+def test_suspects_are_as_many_as_the_scores_expect_to_be_wrong():
+    """The flag's count is the scores' sum over the audited rows: near the true number of
+    wrong labels under a weak head, where cleanlab's confident-learning count is far off."""
+    p_clean, noise, given, wrong = _noisy_world(n=8000, rate=0.05, seed=6, sharpness=1.0)  # a weak head
+    rng = np.random.default_rng(6)
+    is_test = rng.random(len(given)) < 0.2
+    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right
+        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
+    wrong = wrong & ~is_test
+    noisy = np.log(p_clean @ noise.T)
+    influence = np.zeros(len(given))
+    loss = scores.given_label_loss(noisy, given)
+    signals, n, suspect = scores.audit_signals(given, is_test, noisy, np.log(p_clean), influence,
+                                               np.zeros(len(given)), loss)
+    score = signals["corruption_score"]
+    assert n == round(score[~is_test].sum()) == suspect.sum()
+    assert score[suspect].min() >= score[~suspect].max()
+    cleanlab = scores.estimate_num_issues(given, softmax(noisy, axis=1))
+    assert abs(n - wrong.sum()) < 0.8 * wrong.sum()  # 567 for 330 (this weak head overrates its noise)
+    assert abs(cleanlab - wrong.sum()) > 5 * abs(n - wrong.sum())  # cleanlab: 3,157
+
+
+def test_a_class_missing_from_the_held_out_rows_keeps_its_labels_plausible():
+    """Class biases need every class among the held-out rows; without one, its bias
+    would run to the bound and every label of it would look wrong (mean posterior 1.0)."""
+    p_clean, noise, given, wrong = _noisy_world(n=6000, rate=0.1, seed=7, sharpness=2.0)
+    rng = np.random.default_rng(7)
+    is_test = rng.random(len(given)) < 0.2
+    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right
+        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
+    wrong = wrong & ~is_test
+    is_test &= given != 3  # no held-out row of class 3
+    noisy = np.log(p_clean @ noise.T)
+    posterior = scores.wrong_label_posterior(given, noisy, np.log(p_clean), is_test)
+    three = ~is_test & (given == 3)
+    assert abs(posterior[three].mean() - wrong[three].mean()) < 0.03

@@ -164,7 +164,8 @@ def _overview(s):
                          for v, k, alert in tiles)
     note = (f"Scores of audit <code>{esc(o['key'])}</code> on label field <code>{esc(o['label_field'])}</code>, "
             f"influence by pyDVL's <code>{esc(o['influence_method'])}</code> solver. "
-            "The estimated number of label errors is cleanlab's confident-learning count; the samples with the "
+            "The estimated number of label errors is the sum of the corruption scores (each the estimated "
+            "probability that a label is wrong); the samples with the "
             "highest corruption scores, that many of them, are flagged as suspects (field "
             f"<code>{esc(o['key'])}_suspect</code>).")
     if o["n_in_report"] != o["n_samples"]:

@@ -11,8 +11,8 @@ dataset) and writes three files into ``out_dir``:
 The page has these sections, each a question about the audit:
 
 ``overview``
-    How many samples, how many label errors are estimated (cleanlab's
-    confident-learning count, ``num_label_issues``) and their share of the
+    How many samples, how many label errors are estimated (the sum of the
+    corruption scores, ``num_label_issues``) and their share of the
     data, which is what ``noise-audit audit --fail-above RATE`` gates on.
 ``data``
     What was audited: class counts per split, how the held-out set was
