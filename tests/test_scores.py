@@ -275,3 +275,29 @@ def test_a_class_missing_from_the_held_out_rows_keeps_its_labels_plausible():
     posterior = scores.wrong_label_posterior(given, noisy, np.log(p_clean), is_test)
     three = ~is_test & (given == 3)
     assert abs(posterior[three].mean() - wrong[three].mean()) < 0.03
+
+
+def test_held_out_labels_choose_a_matrix_for_a_head_that_blurs_two_classes():
+    """A head that confuses a particular pair of classes looks, to a noise model on
+    vector-scaled probabilities, like labels moved within the pair; the held-out
+    rows' out-of-sample log loss picks matrix scaling there, and vector scaling for
+    a head that is only too sharp and partial."""
+    p_clean, _, given, _ = _noisy_world(n=8000, rate=0.0, seed=8, sharpness=2.0)  # no wrong label at all
+    is_test = np.random.default_rng(8).random(len(given)) < 0.2
+    audited = ~is_test
+    mix = np.eye(4)
+    mix[0, 1] = mix[1, 0] = 0.8  # classes 0 and 1 blurred together
+    blurred = np.log(p_clean) @ mix
+    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(given, softmax(blurred, axis=1))
+
+    def floor(probs):  # mean posterior of being wrong where nothing is
+        noise = scores.fit_noise_matrix(given[audited], probs[audited], start)
+        return scores.noise_posterior(given, probs, noise)[audited].mean()
+
+    chosen = floor(scores.recalibrated_probs(blurred, given, is_test))
+    vector = floor(softmax(scores.vector_scaled_logits(blurred, given, is_test), axis=1))
+    assert chosen < 0.012 and vector > 2 * chosen
+    assert scores.wrong_label_posterior(given, blurred, blurred, is_test)[audited].mean() < 0.012
+    sharp = 3 * np.log(p_clean) + np.array([1.0, 0.0, 0.0, -1.0])
+    assert np.allclose(scores.recalibrated_probs(sharp, given, is_test),
+                       softmax(scores.vector_scaled_logits(sharp, given, is_test), axis=1))
