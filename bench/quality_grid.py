@@ -174,7 +174,8 @@ def markdown(rows, overall, pooled):
               f"{cl.get('suspects', float('nan')):.3f} / {cl.get('random', float('nan')):.3f} / "
               f"{cl.get('flipped', float('nan')):.3f} |")
     for data, cal in pooled.items():
-        print(f"\n{data}: pooled ECE {cal['ece']:.4f}; worst cell |mean score - error rate| {cal['max_abs_mean_gap']:.4f}")
+        print(f"\n{data}: pooled ECE {cal['ece']:.4f}; pooled mean score {cal['mean_score']:.4f} vs error rate "
+              f"{cal['error_rate']:.4f}; worst cell |mean score - error rate| {cal['max_abs_mean_gap']:.4f}")
 
 
 def main():
@@ -220,8 +221,8 @@ def main():
               f"{overall['mean_f1_threshold']:.4f}")
         print("held-out accuracy after removal: " + ", ".join(f"{k} {v:.4f}" for k, v in overall["cleaning"].items()))
     for data, cal in pooled.items():
-        print(f"{data}: pooled ECE {cal['ece']:.4f}, worst |mean score - error rate| over cells "
-              f"{cal['max_abs_mean_gap']:.4f}")
+        print(f"{data}: pooled ECE {cal['ece']:.4f}, pooled mean score {cal['mean_score']:.4f} vs error rate "
+              f"{cal['error_rate']:.4f}, worst |mean score - error rate| over cells {cal['max_abs_mean_gap']:.4f}")
     if args.tuning:
         return
     markdown(rows, overall, pooled)

@@ -301,3 +301,7 @@ def test_held_out_labels_choose_a_matrix_for_a_head_that_blurs_two_classes():
     sharp = 3 * np.log(p_clean) + np.array([1.0, 0.0, 0.0, -1.0])
     assert np.allclose(scores.recalibrated_probs(sharp, given, is_test),
                        softmax(scores.vector_scaled_logits(sharp, given, is_test), axis=1))
+    # fewer held-out rows than the matrix has entries (4 x 4): the matrix is not tried
+    few = is_test & (np.cumsum(is_test) <= 15)
+    assert np.allclose(scores.recalibrated_probs(blurred, given, few),
+                       softmax(scores.vector_scaled_logits(blurred, given, few), axis=1))

@@ -145,12 +145,16 @@ def recalibrated_probs(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarr
 
     A strong head needs only a temperature and class biases and the matrix
     over-fits; a weak one confuses pairs of classes in ways only the matrix
-    undoes. The held-out rows, whose labels are trusted, decide which.
+    undoes. The held-out rows, whose labels are trusted, decide which. With
+    fewer rows than the matrix has entries (``C^2``: a thousand classes
+    would need a million) the matrix is not tried.
     """
     from sklearn.model_selection import StratifiedKFold
 
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
     idx = np.flatnonzero(rows)
+    if len(idx) < logits.shape[1] ** 2:
+        return softmax(vector_scaled_logits(logits, labels, rows), axis=1)
     loss = np.zeros(2)
     split = StratifiedKFold(folds, shuffle=True, random_state=0).split(idx, labels[idx])
     for fit, check in split:
