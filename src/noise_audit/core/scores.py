@@ -162,8 +162,7 @@ def recalibrated_probs(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarr
         part[idx[fit]] = True
         shown = idx[check]
         vector = softmax(vector_scaled_logits(logits, labels, part)[shown], axis=1)
-        matrix = matrix_scaled_probs(logits[np.r_[idx[fit], shown]], labels[np.r_[idx[fit], shown]],
-                                     np.arange(len(fit) + len(shown)) < len(fit))[len(fit):]
+        matrix = matrix_scaled_probs(logits, labels, part)[shown]
         for k, probs in enumerate((vector, matrix)):
             loss[k] -= np.log(np.maximum(probs[np.arange(len(shown)), labels[shown]], 1e-300)).sum()
     if loss[0] <= loss[1]:
@@ -390,12 +389,12 @@ def expected_errors(score: npt.ArrayLike, is_test: npt.ArrayLike) -> int:
 def suspects(score: np.ndarray, n: int) -> np.ndarray:
     """The suspect flag: the ``n`` highest scores, ``n`` being :func:`expected_errors`.
 
-    Not cleanlab's count, nor ``score >= 0.5``: on the quality grid the
-    expected number finds flips with a mean F1 of 0.635 against 0.583 and
-    0.606 (all 48 reported rows; 0.721 against 0.712 and 0.664 on the tuning
-    cells, where it was chosen: ``bench/flag_study.py``). Under a weak head
-    cleanlab's count can be several times the true one (a third of CIFAR-10
-    at 32 px with 5% flips)."""
+    Not cleanlab's count, nor ``score >= 0.5``: on the quality grid's 48
+    reported rows the expected number finds flips with a mean F1 of 0.612
+    against 0.583 and 0.559 (chosen on the tuning cells, 0.721 against 0.712
+    and 0.664 under the calibration of the time: ``bench/flag_study.py``).
+    Under a weak head cleanlab's count can be several times the true one (a
+    third of CIFAR-10 at 32 px with 5% flips)."""
     return flag_top(score, n)
 
 
