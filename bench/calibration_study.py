@@ -19,8 +19,6 @@ Score = calibrate(ranking, q). Tuning cells: ten64 seeds 0-1; reported: everythi
     OMP_NUM_THREADS=1 nice python bench/calibration_study.py tuning
     OMP_NUM_THREADS=1 nice python bench/calibration_study.py reported
 """
-import argparse
-import json
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -66,18 +64,7 @@ def candidate(c, name):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("which", choices=("tuning", "reported"))
-    args = p.parse_args()
-    cs.NAMES = NAMES
-    cs.candidate = candidate
-    res = cs.run(args.which)
-    cs.print_overall(res["overall"])
-    path = cs.ROOT / "bench" / "results" / "calibration_study.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    old[args.which] = res
-    old["declared"] = __doc__
-    path.write_text(json.dumps(old, indent=1, default=float))
+    cs.study_main(__doc__, NAMES, candidate, "calibration_study")
 
 
 if __name__ == "__main__":

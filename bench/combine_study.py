@@ -167,11 +167,32 @@ def noise_model_joint(labels, oos_logits, clean_oos_logits, is_test):
     return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits)
 
 
+def heldout_posterior(labels, oos_logits, clean_oos_logits, is_test, probs_of):
+    """The noise-model posterior of the later rounds with the held-out rows' recalibration
+    ``probs_of(logits, labels, held_out)`` (E, V, S): N by EM on the audited rows from cleanlab's estimate.
+    Frozen here, not the library's current ``scores.wrong_label_posterior``, so that rerunning a round
+    scores the candidates it declared. Fallbacks as the library's: fewer than ``MIN_HELD_OUT`` held-out
+    rows, the joint fit; a class with fewer than ``MIN_HELD_OUT_PER_CLASS``, the held-out temperature
+    (never on the grid: every class has 50 or more held-out rows)."""
+    if is_test.sum() < scores.MIN_HELD_OUT or is_test.all():
+        return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits)
+    if np.bincount(labels[is_test], minlength=clean_oos_logits.shape[1]).min() < scores.MIN_HELD_OUT_PER_CLASS:
+        probs_of = temperature_probs
+    _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, softmax(oos_logits, axis=1))
+    probs = probs_of(clean_oos_logits, labels, is_test)
+    noise = scores.fit_noise_matrix(labels[~is_test], probs[~is_test], start)
+    return scores.noise_posterior(labels, probs, noise)
+
+
+def temperature_probs(logits, labels, rows):
+    return scores.calibrated_probs(logits, labels, rows)
+
+
 def noise_model_heldout(labels, oos_logits, clean_oos_logits, is_test):
-    """Held-out temperature: T of the cleaner folds fit on the held-out rows' given labels (trusted, as average
-    influence already trusts them), then N by EM on the audited rows with T fixed (adopted: it is now
-    ``scores.wrong_label_posterior``; every grid cell has at least its 100 held-out rows)."""
-    return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
+    """E, held-out temperature: T of the cleaner folds fit on the held-out rows' given labels (trusted, as
+    average influence already trusts them), then N by EM on the audited rows with T fixed (adopted in
+    round 2; replaced by round 4's S in the library)."""
+    return heldout_posterior(labels, oos_logits, clean_oos_logits, is_test, temperature_probs)
 
 
 def noise_model_count(labels, oos_logits, clean_oos_logits, is_test):
@@ -324,6 +345,23 @@ def timing(n=6000, k=10, seed=0):
             candidate(c, name)
         out[name] = (time.perf_counter() - t0) / 3
     return out
+
+
+def study_main(doc, names, candidate_fn, result_name):
+    """The command line of a later round (calibration_study.py and the rest): this module's
+    grid loop with the round's candidates, printed and kept under its result name."""
+    global NAMES, candidate
+    p = argparse.ArgumentParser()
+    p.add_argument("which", choices=("tuning", "reported"))
+    args = p.parse_args()
+    NAMES, candidate = names, candidate_fn
+    res = run(args.which)
+    print_overall(res["overall"])
+    path = ROOT / "bench" / "results" / f"{result_name}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old[args.which] = res
+    old["declared"] = doc
+    path.write_text(json.dumps(old, indent=1, default=float))
 
 
 def main():

@@ -26,13 +26,11 @@ rule is the principle: S is adopted unless its tuning ECE is higher than V's. Th
     OMP_NUM_THREADS=1 nice python bench/recalibration_study.py tuning
     OMP_NUM_THREADS=1 nice python bench/recalibration_study.py reported
 """
-import argparse
-import json
 
 import numpy as np
-from scipy.special import softmax
 
 import combine_study as cs
+import vector_scaling_study
 from noise_audit.core import scores
 
 NAMES = ("V", "S")
@@ -40,38 +38,20 @@ NAMES = ("V", "S")
 
 def posterior_s(labels, oos_logits, clean_oos_logits, is_test):
     """S: the held-out rows' out-of-sample log loss chooses vector or matrix scaling."""
-    per_class = np.bincount(labels[is_test], minlength=clean_oos_logits.shape[1])
-    if is_test.sum() < scores.MIN_HELD_OUT or is_test.all() or per_class.min() < scores.MIN_HELD_OUT_PER_CLASS:
-        return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
-    _, start, _, _ = cs.estimate_py_and_noise_matrices_from_probabilities(labels, softmax(oos_logits, axis=1))
-    probs = scores.recalibrated_probs(clean_oos_logits, labels, is_test)
-    noise = scores.fit_noise_matrix(labels[~is_test], probs[~is_test], start)
-    return scores.noise_posterior(labels, probs, noise)
+    return cs.heldout_posterior(labels, oos_logits, clean_oos_logits, is_test, scores.recalibrated_probs)
 
 
 def candidate(c, name):
     y = np.asarray(c["y_noisy"])
     te = np.asarray(c["is_test"], bool)
     oos, clean = np.asarray(c["oos_logits"], float), np.asarray(c["clean_oos_logits"], float)
-    score, ranking = scores.corruption_score(y, oos, clean, c["average_influence"], te)
-    if name == "V":
-        return score, ranking, {}
-    return scores.calibrate(ranking, posterior_s(y, oos, clean, te)), ranking, {}
+    _, ranking = scores.corruption_score(y, oos, clean, c["average_influence"], te)
+    posterior = {"V": vector_scaling_study.posterior_v, "S": posterior_s}[name]
+    return scores.calibrate(ranking, posterior(y, oos, clean, te)), ranking, {}
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("which", choices=("tuning", "reported"))
-    args = p.parse_args()
-    cs.NAMES = NAMES
-    cs.candidate = candidate
-    res = cs.run(args.which)
-    cs.print_overall(res["overall"])
-    path = cs.ROOT / "bench" / "results" / "recalibration_study.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    old[args.which] = res
-    old["declared"] = __doc__
-    path.write_text(json.dumps(old, indent=1, default=float))
+    cs.study_main(__doc__, NAMES, candidate, "recalibration_study")
 
 
 if __name__ == "__main__":

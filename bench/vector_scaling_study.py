@@ -25,8 +25,6 @@ cells (everything else) are then scored once and reported whatever they show.
     OMP_NUM_THREADS=1 nice python bench/vector_scaling_study.py tuning
     OMP_NUM_THREADS=1 nice python bench/vector_scaling_study.py reported
 """
-import argparse
-import json
 
 import numpy as np
 from scipy.special import softmax
@@ -37,39 +35,26 @@ from noise_audit.core import scores
 NAMES = ("E", "V")
 
 
+def vector_probs(logits, labels, rows):
+    return softmax(scores.vector_scaled_logits(logits, labels, rows), axis=1)
+
+
 def posterior_v(labels, oos_logits, clean_oos_logits, is_test):
     """V: the held-out rows fix a temperature and one bias per class; N by EM on the audited rows."""
-    if is_test.sum() < scores.MIN_HELD_OUT or is_test.all():
-        return scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
-    _, start, _, _ = cs.estimate_py_and_noise_matrices_from_probabilities(labels, softmax(oos_logits, axis=1))
-    probs = softmax(scores.vector_scaled_logits(clean_oos_logits, labels, is_test), axis=1)
-    noise = scores.fit_noise_matrix(labels[~is_test], probs[~is_test], start)
-    return scores.noise_posterior(labels, probs, noise)
+    return cs.heldout_posterior(labels, oos_logits, clean_oos_logits, is_test, vector_probs)
 
 
 def candidate(c, name):
     y = np.asarray(c["y_noisy"])
     te = np.asarray(c["is_test"], bool)
     oos, clean = np.asarray(c["oos_logits"], float), np.asarray(c["clean_oos_logits"], float)
-    score, ranking = scores.corruption_score(y, oos, clean, c["average_influence"], te)
-    if name == "E":
-        return score, ranking, {}
-    return scores.calibrate(ranking, posterior_v(y, oos, clean, te)), ranking, {}
+    _, ranking = scores.corruption_score(y, oos, clean, c["average_influence"], te)
+    posterior = {"E": cs.noise_model_heldout, "V": posterior_v}[name]
+    return scores.calibrate(ranking, posterior(y, oos, clean, te)), ranking, {}
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("which", choices=("tuning", "reported"))
-    args = p.parse_args()
-    cs.NAMES = NAMES
-    cs.candidate = candidate
-    res = cs.run(args.which)
-    cs.print_overall(res["overall"])
-    path = cs.ROOT / "bench" / "results" / "vector_scaling_study.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    old[args.which] = res
-    old["declared"] = __doc__
-    path.write_text(json.dumps(old, indent=1, default=float))
+    cs.study_main(__doc__, NAMES, candidate, "vector_scaling_study")
 
 
 if __name__ == "__main__":
