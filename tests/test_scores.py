@@ -30,6 +30,17 @@ def _noisy_world(n=6000, c=4, rate=0.2, seed=0, sharpness=4.0):
     return p_clean, noise, given, given != true
 
 
+def _right_held_out_labels(p_clean, given, wrong, seed, share=0.2):
+    """A random ``share`` of the rows held out, their labels right (drawn again from ``p*``
+    where the noise had changed them), as the audit assumes: ``(given, wrong, is_test)``."""
+    rng = np.random.default_rng(seed)
+    is_test = rng.random(len(given)) < share
+    given = given.copy()
+    for i in np.flatnonzero(is_test & wrong):
+        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
+    return given, wrong & ~is_test, is_test
+
+
 def _two_kinds_of_flips(n=4000, seed=0):
     """Flips of two kinds, each visible to one view only.
 
@@ -178,11 +189,7 @@ def test_held_out_labels_fix_the_temperature_of_a_weak_head():
     temperature, so a weak, over-sharp head is still calibrated, where the joint fit
     of temperature and noise matrix on the noisy labels alone is not."""
     p_clean, noise, given, wrong = _noisy_world(n=8000, rate=0.2, seed=3, sharpness=1.0)  # a weak head
-    rng = np.random.default_rng(3)
-    is_test = rng.random(len(given)) < 0.2
-    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right: draw them again from p*
-        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
-    wrong = wrong & ~is_test
+    given, wrong, is_test = _right_held_out_labels(p_clean, given, wrong, seed=3)
     logits = 3.0 * np.log(p_clean)  # over-sharp folds: the right temperature is 3
     noisy = np.log(p_clean @ noise.T)
     audited = ~is_test
@@ -219,11 +226,7 @@ def test_held_out_labels_fix_the_class_biases_of_the_noise_model():
     alone, like labels moved away from those classes; the held-out labels'
     class biases (step 3) remove that phantom noise."""
     p_clean, noise, given, wrong = _noisy_world(n=8000, rate=0.1, seed=5, sharpness=1.5)
-    rng = np.random.default_rng(5)
-    is_test = rng.random(len(given)) < 0.2
-    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right
-        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
-    wrong = wrong & ~is_test
+    given, wrong, is_test = _right_held_out_labels(p_clean, given, wrong, seed=5)
     biased = np.log(p_clean) + np.array([1.5, 0.0, -0.5, 0.0])  # folds partial to class 0
     noisy = np.log(p_clean @ noise.T)
     audited = ~is_test
@@ -243,11 +246,7 @@ def test_suspects_are_as_many_as_the_scores_expect_to_be_wrong():
     """The flag's count is the scores' sum over the audited rows: near the true number of
     wrong labels under a weak head, where cleanlab's confident-learning count is far off."""
     p_clean, noise, given, wrong = _noisy_world(n=8000, rate=0.05, seed=6, sharpness=1.0)  # a weak head
-    rng = np.random.default_rng(6)
-    is_test = rng.random(len(given)) < 0.2
-    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right
-        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
-    wrong = wrong & ~is_test
+    given, wrong, is_test = _right_held_out_labels(p_clean, given, wrong, seed=6)
     noisy = np.log(p_clean @ noise.T)
     influence = np.zeros(len(given))
     loss = scores.given_label_loss(noisy, given)
@@ -265,11 +264,7 @@ def test_a_class_missing_from_the_held_out_rows_keeps_its_labels_plausible():
     """Class biases need every class among the held-out rows; without one, its bias
     would run to the bound and every label of it would look wrong (mean posterior 1.0)."""
     p_clean, noise, given, wrong = _noisy_world(n=6000, rate=0.1, seed=7, sharpness=2.0)
-    rng = np.random.default_rng(7)
-    is_test = rng.random(len(given)) < 0.2
-    for i in np.flatnonzero(is_test & wrong):  # held-out labels are right
-        given[i] = rng.choice(p_clean.shape[1], p=p_clean[i])
-    wrong = wrong & ~is_test
+    given, wrong, is_test = _right_held_out_labels(p_clean, given, wrong, seed=7)
     is_test &= given != 3  # no held-out row of class 3
     noisy = np.log(p_clean @ noise.T)
     posterior = scores.wrong_label_posterior(given, noisy, np.log(p_clean), is_test)
