@@ -296,7 +296,28 @@ def test_held_out_labels_choose_a_matrix_for_a_head_that_blurs_two_classes():
     sharp = 3 * np.log(p_clean) + np.array([1.0, 0.0, 0.0, -1.0])
     assert np.allclose(scores.recalibrated_probs(sharp, given, is_test),
                        softmax(scores.vector_scaled_logits(sharp, given, is_test), axis=1))
-    # fewer held-out rows than the matrix has entries (4 x 4): the matrix is not tried
+    # a class with fewer than MIN_HELD_OUT_PER_CLASS held-out rows: a temperature alone
     few = is_test & (np.cumsum(is_test) <= 15)
-    assert np.allclose(scores.recalibrated_probs(blurred, given, few),
-                       softmax(scores.vector_scaled_logits(blurred, given, few), axis=1))
+    assert np.allclose(scores.recalibrated_probs(blurred, given, few), scores.calibrated_probs(blurred, given, few))
+
+
+def test_matrix_scaling_needs_as_many_held_out_rows_as_it_has_entries():
+    """12 classes, 11 held-out rows of each: enough for class biases, fewer than the
+    matrix's 144 entries, so the result is vector scaling. (The bound saves the fits: a
+    matrix on so few rows loses the out-of-sample choice anyway, so this outcome cannot
+    tell the bound is there; its point is a thousand classes, where each fit takes minutes.)"""
+    p_clean, _, given, _ = _noisy_world(n=6000, c=12, rate=0.0, seed=9, sharpness=2.0)
+    mix = np.eye(12)
+    mix[0, 1] = mix[1, 0] = 0.8  # classes 0 and 1 blurred together
+    blurred = np.log(p_clean) @ mix
+    rows = np.zeros(len(given), bool)
+    for k in range(12):
+        rows[np.flatnonzero(given == k)[:11]] = True
+    vector = softmax(scores.vector_scaled_logits(blurred, given, rows), axis=1)
+    assert np.allclose(scores.recalibrated_probs(blurred, given, rows), vector)
+    # with enough rows the choice is made, and here it is the matrix
+    many = np.zeros(len(given), bool)
+    for k in range(12):
+        many[np.flatnonzero(given == k)[:150]] = True
+    assert not np.allclose(scores.recalibrated_probs(blurred, given, many),
+                           softmax(scores.vector_scaled_logits(blurred, given, many), axis=1))

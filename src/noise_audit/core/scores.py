@@ -147,12 +147,17 @@ def recalibrated_probs(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarr
     over-fits; a weak one confuses pairs of classes in ways only the matrix
     undoes. The held-out rows, whose labels are trusted, decide which. With
     fewer rows than the matrix has entries (``C^2``: a thousand classes
-    would need a million) the matrix is not tried.
+    would need a million) the matrix is not tried; with fewer than
+    :data:`MIN_HELD_OUT_PER_CLASS` rows of some class, neither is (a
+    temperature alone): the rows cannot say how likely that class is, and its
+    fitted bias would rule it out.
     """
     from sklearn.model_selection import StratifiedKFold
 
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
     idx = np.flatnonzero(rows)
+    if np.bincount(labels[idx], minlength=logits.shape[1]).min() < MIN_HELD_OUT_PER_CLASS:
+        return calibrated_probs(logits, labels, rows)
     if len(idx) < logits.shape[1] ** 2:
         return softmax(vector_scaled_logits(logits, labels, rows), axis=1)
     loss = np.zeros(2)
@@ -328,11 +333,7 @@ def wrong_label_posterior(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clea
     if held_out.sum() < MIN_HELD_OUT or held_out.all():
         t, noise = fit_noise_model(labels, clean, start)
         return noise_posterior(labels, softmax(clean / t, axis=1), noise)
-    per_class = np.bincount(labels[held_out], minlength=clean.shape[1])
-    if per_class.min() >= MIN_HELD_OUT_PER_CLASS:
-        probs = recalibrated_probs(clean, labels, held_out)
-    else:  # a class the held-out rows barely show would get a bias that rules it out
-        probs = softmax(clean / temperature(clean, labels, held_out), axis=1)
+    probs = recalibrated_probs(clean, labels, held_out)
     noise = fit_noise_matrix(labels[~held_out], probs[~held_out], start)
     return noise_posterior(labels, probs, noise)
 
