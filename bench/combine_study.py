@@ -382,26 +382,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-
-
-def soft_auroc(score, q):
-    """Expected AUROC of ``score`` when sample i is wrong with probability q_i (ties count half)."""
-    o = np.argsort(score, kind="stable")
-    s, qo = np.asarray(score)[o], np.asarray(q)[o]
-    neg = 1.0 - qo
-    # for each sample, the weight of negatives strictly below it, plus half of its ties
-    _, start, counts = np.unique(s, return_index=True, return_counts=True)
-    cneg = np.concatenate([[0.0], np.cumsum(neg)])
-    below = np.repeat(cneg[start], counts)
-    ties = np.repeat(cneg[start + counts] - cneg[start], counts)
-    num = (qo * (below + 0.5 * (ties - neg))).sum()  # a sample is not compared with itself
-    return float(num / max(qo.sum() * neg.sum() - (qo * neg).sum(), 1e-12))
-
-
-def dprime_weights(views_z, q, rows):
-    """Weights proportional to each view's binormal separation d' = sqrt(2) Phi^-1(expected AUROC vs q)."""
-    from scipy.stats import norm
-    d = {k: max(np.sqrt(2.0) * norm.ppf(np.clip(soft_auroc(z[rows], q[rows]), 0.5, 0.999)), 0.0)
-         for k, z in views_z.items()}
-    tot = sum(d.values())
-    return {k: (x / tot if tot > 0 else 1.0 / len(d)) for k, x in d.items()}
