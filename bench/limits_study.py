@@ -1,0 +1,162 @@
+"""What the quality grid's remaining misses would need (issues 9 and 11): bounds computed with the truth.
+
+Not a tuning round: nothing here changes the method. It reads the stored reported cells
+(``.cache/grid``, the final code's audits) and asks two questions with the flipped labels in hand,
+so its answers are upper bounds that no truth-free rule can beat.
+
+1. **Ranking (issue 9's per-row AP and AUROC targets).** The score ranks by
+   ``w * harm + (1 - w) * clean-fold loss``, each in units of its spread, with ``w = 0.5``. For every
+   reported row, the *oracle* weight is the one of ``w = 0, 0.05, ..., 1`` with the highest mean AP,
+   picked on that row's own flips. A row whose oracle still misses the target cannot be met by any
+   weighting of the two views, however clever the rule that picks it; a row met only by an oracle
+   weight far from 0.5 needs a rule that recognises that regime without the truth.
+2. **Calibration (issue 11's ECE on cifar32).** For the clean audit and each rate of cifar32's
+   confusion and uniform flips: what a truth-free estimator can see (the head's held-out accuracy,
+   cleanlab's estimated share of wrong labels, the mean label quality) against what it should report
+   (the share flipped). If the inputs do not move while the share flipped goes from 0 to 25%, no
+   estimator of that share can be calibrated there. And the pooled ECE without those cells.
+
+    python bench/limits_study.py        # prints tables, writes bench/results/limits_study.json
+"""
+import numpy as np
+
+from _common import ROOT, table, write_json
+
+GRID = ROOT / ".cache" / "grid"
+DATA = ("pair224", "ten64", "cifar32")
+STRATEGIES = ("uniform", "pair", "confusion", "influential")
+TUNING = {"data": "ten64", "seeds": (0, 1)}
+WEIGHTS = np.round(np.linspace(0, 1, 21), 2)
+SINGLES = {"average_influence": -1, "self_influence": 1, "label_quality": -1, "loss": 1, "loo_loss": 1}
+
+
+def reported_cells():
+    """(data, strategy, rate, seed) -> stored arrays, the tuning cells left out."""
+    cells = {}
+    for data in DATA:
+        for f in sorted((GRID / data).glob("*-*-*.npz")):
+            strategy, rate, seed = f.stem.split("-")
+            if data == TUNING["data"] and int(seed) in TUNING["seeds"]:
+                continue
+            cells[data, strategy, float(rate), int(seed)] = dict(np.load(f))
+    return cells
+
+
+def weighted_rankings(c):
+    """The score's ranking at every weight of :data:`WEIGHTS` (as ``scores.corruption_score`` builds it)."""
+    from noise_audit.core import scores
+
+    y = c["y_noisy"]
+    t = scores.temperature(c["oos_logits"], y)
+    clean_loss = scores.given_label_loss(np.asarray(c["clean_oos_logits"], float) / t, y)
+    return {w: scores.ranking_score(c["average_influence"], clean_loss, w) for w in WEIGHTS}
+
+
+def ranking_bounds(cells):
+    from noise_audit.metrics import detection_metrics
+
+    per_cell = {}
+    for key, c in cells.items():
+        t = c["flipped"].astype(bool)
+        m = {f"w={w}": detection_metrics(r, t) for w, r in weighted_rankings(c).items()}
+        m.update({s: detection_metrics(sign * c[s], t) for s, sign in SINGLES.items()})
+        per_cell[key] = m
+    rows = []
+    for data in DATA:
+        for strategy in STRATEGIES:
+            for rate in sorted({k[2] for k in cells if k[:2] == (data, strategy)}):
+                members = [m for k, m in per_cell.items() if k[:3] == (data, strategy, rate)]
+                mean = lambda name, metric: float(np.mean([m[name][metric] for m in members]))  # noqa: E731
+                best_ap = max(mean(s, "average_precision") for s in SINGLES)
+                best_auroc = max(mean(s, "auroc") for s in SINGLES)
+                ap = {w: mean(f"w={w}", "average_precision") for w in WEIGHTS}
+                auroc = {w: mean(f"w={w}", "auroc") for w in WEIGHTS}
+                oracle = max(WEIGHTS, key=ap.get)
+                rows.append({
+                    "data": data, "strategy": strategy, "rate": rate, "seeds": len(members),
+                    "best_single_ap": best_ap, "best_single_auroc": best_auroc,
+                    "ap_at_0.5": ap[0.5], "oracle_weight": float(oracle), "ap_at_oracle": ap[oracle],
+                    "auroc_at_oracle": auroc[oracle],
+                    "ap_met_at_0.5": ap[0.5] >= best_ap - 0.005,
+                    "ap_met_by_some_weight": any(v >= best_ap - 0.005 for v in ap.values()),
+                    "both_met_by_some_weight": any(ap[w] >= best_ap - 0.005 and auroc[w] >= best_auroc - 0.002
+                                                   for w in WEIGHTS),
+                    "best_single_auroc_is_near_chance": best_auroc < 0.6,
+                })
+    return rows
+
+
+def identifiability(cells):
+    """cifar32: what a truth-free estimator sees against the share flipped (clean audit = rate 0)."""
+    from scipy.special import softmax
+
+    from noise_audit.core import scores
+
+    def seen(c):
+        y, test = c["y_noisy"], c["is_test"].astype(bool)
+        audited = ~test
+        probs = softmax(np.asarray(c["oos_logits"], float), axis=1)
+        return {
+            "share_flipped": float((c["y_noisy"] != c["y"])[audited].mean()) if "y" in c else 0.0,
+            "held_out_accuracy": float((c["test_pred"] == y[test]).mean()),
+            "cleanlab_share": scores.estimate_num_issues(y[audited], probs[audited]) / int(audited.sum()),
+            "mean_label_quality": float(c["label_quality"][audited].mean()),
+            "mean_score": float(c["corruption_score"][audited].mean()),
+        }
+
+    clean = dict(np.load(GRID / "cifar32" / "clean.npz"))
+    clean["y_noisy"] = clean["y"]
+    rows = [{"strategy": "none (clean audit)", "rate": 0.0, **seen(clean)}]
+    for strategy in ("confusion", "uniform"):
+        for rate in sorted({k[2] for k in cells if k[:2] == ("cifar32", strategy)}):
+            members = [seen(c) for k, c in cells.items() if k[:3] == ("cifar32", strategy, rate)]
+            rows.append({"strategy": strategy, "rate": rate,
+                         **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
+    return rows
+
+
+def pooled_ece(cells, keep):
+    from noise_audit.metrics import calibration
+
+    chosen = [c for k, c in cells.items() if keep(k)]
+    return calibration(np.concatenate([c["corruption_score"] for c in chosen]),
+                       np.concatenate([c["flipped"] for c in chosen]).astype(bool))["ece"]
+
+
+def main():
+    cells = reported_cells()
+    rows = ranking_bounds(cells)
+    print(table([[r["data"], r["strategy"], f"{r['rate']:.0%}", f"{r['best_single_ap']:.4f}", f"{r['ap_at_0.5']:.4f}",
+                  f"{r['oracle_weight']:.2f}", f"{r['ap_at_oracle']:.4f}",
+                  "yes" if r["ap_met_by_some_weight"] else "NO", "yes" if r["both_met_by_some_weight"] else "NO",
+                  f"{r['best_single_auroc']:.3f}"] for r in rows],
+                ["data", "strategy", "rate", "best single AP", "AP w=0.5", "oracle w", "AP oracle w",
+                 "AP target reachable", "AP+AUROC reachable", "best single AUROC"]))
+    summary = {d: {"rows": sum(r["data"] == d for r in rows),
+                   "ap_met_at_0.5": sum(r["ap_met_at_0.5"] for r in rows if r["data"] == d),
+                   "ap_met_by_some_weight": sum(r["ap_met_by_some_weight"] for r in rows if r["data"] == d),
+                   "both_met_by_some_weight": sum(r["both_met_by_some_weight"] for r in rows if r["data"] == d),
+                   "oracle_weights": sorted({r["oracle_weight"] for r in rows if r["data"] == d})}
+               for d in DATA}
+    for d, s in summary.items():
+        print(f"{d}: AP target met at w=0.5 in {s['ap_met_at_0.5']}/{s['rows']} rows, by the row's oracle weight in "
+              f"{s['ap_met_by_some_weight']}, AP and AUROC together in {s['both_met_by_some_weight']}; "
+              f"oracle weights {s['oracle_weights']}")
+    seen = identifiability(cells)
+    print(table([[r["strategy"], f"{r['rate']:.0%}", f"{r['share_flipped']:.3f}", f"{r['held_out_accuracy']:.3f}",
+                  f"{r['cleanlab_share']:.3f}", f"{r['mean_label_quality']:.3f}", f"{r['mean_score']:.3f}"]
+                 for r in seen],
+                ["cifar32 flips", "rate", "share flipped", "held-out acc", "cleanlab share", "mean label quality",
+                 "mean score"]))
+    ece = {"all": pooled_ece(cells, lambda k: k[0] == "cifar32"),
+           "without confusion": pooled_ece(cells, lambda k: k[0] == "cifar32" and k[1] != "confusion"),
+           "without confusion and influential": pooled_ece(
+               cells, lambda k: k[0] == "cifar32" and k[1] not in ("confusion", "influential"))}
+    print("cifar32 pooled ECE: " + ", ".join(f"{k} {v:.4f}" for k, v in ece.items()))
+    write_json("limits_study", {"description": __doc__.split("\n\n")[0], "weights": WEIGHTS.tolist(),
+                                "ranking": {"summary": summary, "rows": rows},
+                                "cifar32_identifiability": seen, "cifar32_pooled_ece": ece})
+
+
+if __name__ == "__main__":
+    main()
