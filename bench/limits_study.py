@@ -107,11 +107,37 @@ def identifiability(cells):
     clean = dict(np.load(GRID / "cifar32" / "clean.npz"))
     clean["y_noisy"] = clean["y"]
     rows = [{"strategy": "none (clean audit)", "rate": 0.0, **seen(clean)}]
-    for strategy in ("confusion", "uniform"):
+    for strategy in ("confusion", "uniform", "influential"):
         for rate in sorted({k[2] for k in cells if k[:2] == ("cifar32", strategy)}):
             members = [seen(c) for k, c in cells.items() if k[:3] == ("cifar32", strategy, rate)]
             rows.append({"strategy": strategy, "rate": rate,
                          **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
+    return rows
+
+
+def loss_view_temperature():
+    """Mean AP of the ranking's loss view at the first folds' temperature and at the raw logits, per data
+    set and strategy (all rates and seeds; tuning and reported cells apart)."""
+    from noise_audit.core import scores
+    from noise_audit.metrics import detection_metrics
+
+    acc = {}
+    for data in DATA:
+        for f in sorted((GRID / data).glob("*-*-*.npz")):
+            strategy, _, seed = f.stem.split("-")
+            part = "tuning" if data == TUNING["data"] and int(seed) in TUNING["seeds"] else "reported"
+            c = np.load(f)
+            y, t = c["y_noisy"], c["flipped"].astype(bool)
+            temp = scores.temperature(c["oos_logits"], y)
+            for view, logits in (("at temperature", c["clean_oos_logits"] / temp), ("raw", c["clean_oos_logits"])):
+                ap = detection_metrics(scores.given_label_loss(logits, y), t)["average_precision"]
+                acc.setdefault((data, part, strategy, view), []).append(ap)
+    rows = []
+    for (data, part, strategy, view), aps in acc.items():
+        if view == "raw":
+            continue
+        rows.append({"data": data, "part": part, "strategy": strategy, "ap_at_temperature": float(np.mean(aps)),
+                     "ap_raw": float(np.mean(acc[data, part, strategy, "raw"]))})
     return rows
 
 
@@ -153,9 +179,13 @@ def main():
            "without confusion and influential": pooled_ece(
                cells, lambda k: k[0] == "cifar32" and k[1] not in ("confusion", "influential"))}
     print("cifar32 pooled ECE: " + ", ".join(f"{k} {v:.4f}" for k, v in ece.items()))
+    temps = loss_view_temperature()
+    print(table([[r["data"], r["part"], r["strategy"], f"{r['ap_at_temperature']:.4f}", f"{r['ap_raw']:.4f}"]
+                 for r in temps], ["data", "cells", "strategy", "loss view AP at temperature", "raw logits"]))
     write_json("limits_study", {"description": __doc__.split("\n\n")[0], "weights": WEIGHTS.tolist(),
                                 "ranking": {"summary": summary, "rows": rows},
-                                "cifar32_identifiability": seen, "cifar32_pooled_ece": ece})
+                                "cifar32_identifiability": seen, "cifar32_pooled_ece": ece,
+                                "loss_view_temperature": temps})
 
 
 if __name__ == "__main__":
