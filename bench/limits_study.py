@@ -141,6 +141,55 @@ def loss_view_temperature():
     return rows
 
 
+def map_noise_matrix(labels, probs, start, alpha, iterations=200, tol=1e-7):
+    """``scores.fit_noise_matrix`` with ``alpha`` x each true class's expected count added to its diagonal."""
+    onehot = np.eye(probs.shape[1])[labels]
+    noise = np.asarray(start, dtype=float).copy()
+    for _ in range(iterations):
+        joint = probs * noise[labels]
+        counts = onehot.T @ (joint / np.maximum(joint.sum(1, keepdims=True), 1e-300))
+        new = counts + alpha * np.diag(counts.sum(0))
+        new /= np.maximum(new.sum(0, keepdims=True), 1e-300)
+        done = np.abs(new - noise).max() < tol
+        noise = new
+        if done:
+            break
+    return noise
+
+
+def noise_prior_on_tuning_cells(alphas=(0.0, 0.1, 0.25, 0.5, 1.0)):
+    """Pooled ECE of the tuning cells when step 3's noise matrix has a prior toward no noise."""
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+    from scipy.special import softmax
+
+    from noise_audit.core import scores
+    from noise_audit.metrics import calibration
+
+    scored = {a: {} for a in alphas}
+    for f in sorted((GRID / TUNING["data"]).glob("*-*-*.npz")):
+        strategy, _, seed = f.stem.split("-")
+        if int(seed) not in TUNING["seeds"]:
+            continue
+        c = np.load(f)
+        y, test = c["y_noisy"], c["is_test"].astype(bool)
+        _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(y, softmax(c["oos_logits"], axis=1))
+        probs = scores.recalibrated_probs(c["clean_oos_logits"], y, test)
+        for a in alphas:
+            noise = map_noise_matrix(y[~test], probs[~test], start, a)
+            score = scores.calibrate(c["ranking"], scores.noise_posterior(y, probs, noise))
+            scored[a].setdefault(strategy, []).append((score, c["flipped"].astype(bool)))
+    rows = []
+    for a, per in scored.items():
+        pairs = [pair for v in per.values() for pair in v]
+        row = {"alpha": a, "ece": calibration(np.concatenate([p[0] for p in pairs]),
+                                              np.concatenate([p[1] for p in pairs]))["ece"]}
+        for strategy, v in per.items():
+            cal = calibration(np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]))
+            row[strategy] = {"ece": cal["ece"], "mean_score": cal["mean_score"], "error_rate": cal["error_rate"]}
+        rows.append(row)
+    return rows
+
+
 def pooled_ece(cells, keep):
     from noise_audit.metrics import calibration
 
@@ -182,10 +231,14 @@ def main():
     temps = loss_view_temperature()
     print(table([[r["data"], r["part"], r["strategy"], f"{r['ap_at_temperature']:.4f}", f"{r['ap_raw']:.4f}"]
                  for r in temps], ["data", "cells", "strategy", "loss view AP at temperature", "raw logits"]))
+    prior = noise_prior_on_tuning_cells()
+    print(table([[r["alpha"], f"{r['ece']:.4f}"] + [f"{r[s]['ece']:.3f} ({r[s]['mean_score']:.3f}/{r[s]['error_rate']:.3f})"
+                                                      for s in STRATEGIES] for r in prior],
+                ["prior alpha", "tuning ECE", *(f"{s} ECE (mean/rate)" for s in STRATEGIES)]))
     write_json("limits_study", {"description": __doc__.split("\n\n")[0], "weights": WEIGHTS.tolist(),
                                 "ranking": {"summary": summary, "rows": rows},
                                 "cifar32_identifiability": seen, "cifar32_pooled_ece": ece,
-                                "loss_view_temperature": temps})
+                                "loss_view_temperature": temps, "noise_prior_on_tuning_cells": prior})
 
 
 if __name__ == "__main__":
