@@ -62,7 +62,9 @@ def gated(c):
     return c, {"kept_refit": bool(keep), "held_out_loss_first": first, "held_out_loss_clean": clean}
 
 
-def load(tuning, candidate):
+def load(tuning, candidate=None):
+    """The tuning or the reported cells, rescored; ``candidate(stored) -> (stored, info)`` first changes
+    each cell's arrays (and may note what it chose in ``info``)."""
     cells, gates = {}, {}
     for data in qg.DATA:
         for f in sorted((qg.GRID / data).glob("*-*-*.npz")):
@@ -70,8 +72,8 @@ def load(tuning, candidate):
             if qg.is_tuning(data, int(seed)) != tuning:
                 continue
             stored = dict(np.load(f))
-            if candidate:
-                stored, gates[f"{data}/{strategy}/{rate}/{seed}"] = gated(stored)
+            if candidate is not None:
+                stored, gates[f"{data}/{strategy}/{rate}/{seed}"] = candidate(stored)
             c = qg.rescore(stored)
             m = qg.cell_metrics(c)
             m.update(data=data, strategy=strategy, rate=float(rate), seed=int(seed), tuning=tuning)
@@ -114,8 +116,8 @@ def main():
     args = p.parse_args()
     tuning = args.part == "tuning"
     res = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"declared": __doc__}
-    old, _ = load(tuning, candidate=False)
-    new, gates = load(tuning, candidate=True)
+    old, _ = load(tuning)
+    new, gates = load(tuning, gated)
     res[args.part] = {"old": summary(old, tuning), "new": summary(new, tuning), "gates": gates}
     for name in ("old", "new"):
         r = res[args.part][name]
