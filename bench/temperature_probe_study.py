@@ -87,7 +87,7 @@ def choice(stored):
     y = stored["y_noisy"]
     raw, auroc = prefers_raw(y, stored["clean_oos_logits"], scores.temperature(stored["oos_logits"], y),
                              stored["is_test"])
-    return stored, {"raw": bool(raw), **auroc}
+    return stored, {"raw": bool(raw), **{f"auroc_{k}": v for k, v in auroc.items()}}
 
 
 def main():
