@@ -16,13 +16,15 @@ Signals (one value per sample):
 **The corruption score** is the estimated probability that the given label is
 wrong. It is built in three steps:
 
-1. *Rank by two views that fail differently.* Out-of-sample loss (K-fold,
-   temperature-scaled) catches labels the other samples contradict; average
-   influence catches labels that hurt the held-out set. Out-of-sample methods
-   go blind to **systematic** flips (class a labelled b again and again): the
-   folds learn the flip. Influence on held-out samples still sees the harm.
-   Each is divided by its spread and the two are averaged
-   (:func:`ranking_score`).
+1. *Rank by two views that fail differently.* Out-of-sample loss (K-fold)
+   catches labels the other samples contradict; average influence catches
+   labels that hurt the held-out set. Out-of-sample methods go blind to
+   **systematic** flips (class a labelled b again and again): the folds learn
+   the flip. Influence on held-out samples still sees the harm. Each is
+   divided by its spread and the two are averaged (:func:`ranking_score`).
+   The loss is taken at the first folds' temperature or at the raw logits,
+   whichever ranks wrong labels planted on the held-out rows better
+   (:func:`loss_view_temperature`).
 2. *Clean and refit.* The folds are fit again without the first ranking's top
    suspects (as many as cleanlab's confident learning estimates), so they no
    longer learn the flips, and the out-of-sample loss is taken from these
@@ -50,9 +52,10 @@ from cleanlab.rank import get_label_quality_scores
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import roc_auc_score
 
 INFLUENCE_WEIGHT = 0.5  # share of average influence in the ranking (tuned on ten64 seeds 0-1)
-MIN_HELD_OUT = 100  # held-out rows needed to fix the noise model's temperature (see wrong_label_posterior)
+MIN_HELD_OUT = 100  # held-out rows needed to fix a temperature (see wrong_label_posterior, loss_view_temperature)
 MIN_HELD_OUT_PER_CLASS = 10  # ... and of every class, to fix its bias as well (see wrong_label_posterior)
 
 
@@ -192,6 +195,40 @@ def ranking_score(average_influence: npt.ArrayLike, oos_loss: npt.ArrayLike,
     harm = -np.asarray(average_influence, dtype=float)
     loss = np.asarray(oos_loss, dtype=float)
     return influence_weight * harm / _spread(harm) + (1.0 - influence_weight) * loss / _spread(loss)
+
+
+def planted_label_auroc(logits: npt.ArrayLike, labels: npt.ArrayLike, rows: np.ndarray, seed: int = 0) -> float:
+    """How well the given-label loss ranks wrong labels above right ones, on ``rows`` whose labels are right.
+
+    Each row gets one planted wrong label as well (uniform over the other
+    classes, seeded); the AUROC of the loss at separating the planted labels
+    from the given ones. A row's out-of-fold logits do not depend on its own
+    label, so planting needs no refit."""
+    z, y = np.asarray(logits, dtype=float)[rows], np.asarray(labels)[rows]
+    planted = (y + np.random.default_rng(seed).integers(1, z.shape[1], size=len(y))) % z.shape[1]
+    right, wrong = given_label_loss(z, y), given_label_loss(z, planted)
+    return float(roc_auc_score(np.r_[np.zeros(len(y)), np.ones(len(y))], np.r_[right, wrong]))
+
+
+def loss_view_temperature(labels: npt.ArrayLike, clean_oos_logits: npt.ArrayLike, t: float,
+                          is_test: npt.ArrayLike | None) -> float:
+    """The temperature of the ranking's loss view: ``t`` (the first folds') or 1 (the raw logits).
+
+    Which one ranks wrong labels better depends on the head, and pulls data
+    sets opposite ways (docs/benchmarks.md, "Quality grid", round 7): at
+    ``t`` the loss of a strong head is sharper (ten Tiny ImageNet classes at
+    64 px), while a weak head's (CIFAR-10 at 32 px, 43% accuracy) is better
+    read from the raw logits, where the loss depends on every class's logit
+    and not mainly on the largest. The held-out rows, whose labels the audit
+    takes as right, decide by :func:`planted_label_auroc`; with fewer than
+    :data:`MIN_HELD_OUT` of them, ``t``.
+    """
+    held_out = np.zeros(len(np.asarray(labels)), bool) if is_test is None else np.asarray(is_test, dtype=bool)
+    if held_out.sum() < MIN_HELD_OUT:
+        return t
+    logits = np.asarray(clean_oos_logits, dtype=float)
+    raw_is_better = planted_label_auroc(logits, labels, held_out) > planted_label_auroc(logits / t, labels, held_out)
+    return 1.0 if raw_is_better else t
 
 
 def estimate_num_issues(labels: npt.ArrayLike, pred_probs: np.ndarray) -> int:
@@ -351,9 +388,10 @@ def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos
         clean_oos_logits: the same after :func:`refit_suspects` left the
             first ranking's suspects out of the folds.
         average_influence: mean influence on the held-out set ``(n,)``.
-        is_test: the held-out rows ``(n,)``, whose given labels fix the
-            noise model's temperature (:func:`wrong_label_posterior`);
-            ``None``: no held-out rows.
+        is_test: the held-out rows ``(n,)``, whose given labels choose the
+            loss view's temperature (:func:`loss_view_temperature`) and fix
+            the noise model's (:func:`wrong_label_posterior`); ``None``: no
+            held-out rows.
         influence_weight: share of average influence in the ranking.
 
     Returns:
@@ -362,8 +400,8 @@ def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos
     """
     labels = np.asarray(labels)
     # Ranking: the cleaner folds' loss at the temperature the first folds show
-    # on the given labels (the same heads on fewer rows).
-    t = temperature(oos_logits, labels)
+    # on the given labels (the same heads on fewer rows), or at the raw logits.
+    t = loss_view_temperature(labels, clean_oos_logits, temperature(oos_logits, labels), is_test)
     clean_loss = given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
     ranking = ranking_score(average_influence, clean_loss, influence_weight)
     target = wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
