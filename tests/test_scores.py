@@ -321,3 +321,51 @@ def test_matrix_scaling_needs_as_many_held_out_rows_as_it_has_entries():
         many[np.flatnonzero(given == k)[:150]] = True
     assert not np.allclose(scores.recalibrated_probs(blurred, given, many),
                            softmax(scores.vector_scaled_logits(blurred, given, many), axis=1))
+
+
+def _weak_head_world(n=4000, c=10, seed=0, rate=0.2):
+    """Out-of-fold logits of a weak head: the true class ahead by 1.5 in unit noise, and in a
+    third of the rows one wrong class far ahead (4.0). Training rows flipped uniformly; a
+    quarter of the rows held out, their labels right. ``(logits, given, flipped, is_test)``."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), true] += 1.5
+    spike = rng.random(n) < 0.35
+    logits[spike, (true[spike] + rng.integers(1, c, spike.sum())) % c] += 4.0
+    is_test = rng.random(n) < 0.25
+    flipped = (rng.random(n) < rate) & ~is_test
+    given = np.where(flipped, (true + rng.integers(1, c, n)) % c, true)
+    return logits, given, flipped, is_test
+
+
+def test_loss_view_takes_the_temperature_that_ranks_the_flips_better():
+    """The held-out rows' planted labels choose between the first folds' temperature and
+    the raw logits, and their choice is the one the (unseen) flips would make: a flatter
+    loss is better on this weak head (t = 3), a sharper one worse (t = 0.3)."""
+    logits, given, flipped, is_test = _weak_head_world()
+    audited = ~is_test
+    for t in (0.3, 3.0):
+        chosen = scores.loss_view_temperature(given, logits, t, is_test)
+        other = 1.0 if chosen == t else t
+        ap_chosen = _ap(scores.given_label_loss(logits / chosen, given)[audited], flipped[audited])
+        ap_other = _ap(scores.given_label_loss(logits / other, given)[audited], flipped[audited])
+        assert ap_chosen > ap_other + 0.05, (t, chosen)
+    # too few held-out rows to decide: the first folds' temperature stays
+    few = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT - 1)
+    assert scores.loss_view_temperature(given, logits, 0.3, few) == 0.3
+
+
+def test_score_ranks_by_the_loss_at_the_chosen_temperature():
+    """First folds much sharper than the cleaner ones' best reading (t about 0.3): the
+    score's ranking follows the raw logits, which find the flips better here."""
+    logits, given, flipped, is_test = _weak_head_world(seed=1)
+    sharp = logits * (0.3 / scores.temperature(logits, given))  # the first folds' t is then about 0.3
+    no_influence = np.zeros(len(given))
+    score, _ = scores.corruption_score(given, sharp, logits, no_influence, is_test)
+    audited = ~is_test
+    t = scores.temperature(sharp, given)
+    ap_raw = _ap(scores.given_label_loss(logits, given)[audited], flipped[audited])
+    ap_at_t = _ap(scores.given_label_loss(logits / t, given)[audited], flipped[audited])
+    assert ap_raw > ap_at_t + 0.03
+    assert _ap(score[audited], flipped[audited]) == pytest.approx(ap_raw, abs=1e-3)

@@ -203,8 +203,9 @@ def planted_label_auroc(logits: npt.ArrayLike, labels: npt.ArrayLike, rows: np.n
     Each row gets one planted wrong label as well (uniform over the other
     classes, seeded); the AUROC of the loss at separating the planted labels
     from the given ones. A row's out-of-fold logits do not depend on its own
-    label, so planting needs no refit."""
-    z, y = np.asarray(logits, dtype=float)[rows], np.asarray(labels)[rows]
+    label, so planting needs no refit. Logits of ``-inf`` (probabilities
+    given as 0) are bounded first, as for the recalibration."""
+    z, y = _bounded_logits(logits)[rows], np.asarray(labels)[rows]
     planted = (y + np.random.default_rng(seed).integers(1, z.shape[1], size=len(y))) % z.shape[1]
     right, wrong = given_label_loss(z, y), given_label_loss(z, planted)
     return float(roc_auc_score(np.r_[np.zeros(len(y)), np.ones(len(y))], np.r_[right, wrong]))
