@@ -5,7 +5,8 @@ Not a tuning round: nothing here changes the method. It reads the stored reporte
 so its answers are upper bounds that no truth-free rule can beat.
 
 1. **Ranking (issue 9's per-row AP and AUROC targets).** The score ranks by
-   ``w * harm + (1 - w) * clean-fold loss``, each in units of its spread, with ``w = 0.5``. For every
+   ``w * harm + (1 - w) * clean-fold loss``, each in units of its spread, with ``w = 0.5`` (the loss at the
+   temperature the audit chooses, ``scores.loss_view_temperature``). For every
    reported row, the *oracle* weight is the one of ``w = 0, 0.05, ..., 1`` with the highest mean AP,
    picked on that row's own flips. A row whose oracle still misses the target cannot be met by any
    weighting of the two views, however clever the rule that picks it; a row met only by an oracle
@@ -47,7 +48,7 @@ def weighted_rankings(c):
     from noise_audit.core import scores
 
     y = c["y_noisy"]
-    t = scores.temperature(c["oos_logits"], y)
+    t = scores.loss_view_temperature(y, c["clean_oos_logits"], scores.temperature(c["oos_logits"], y), c["is_test"])
     clean_loss = scores.given_label_loss(np.asarray(c["clean_oos_logits"], float) / t, y)
     return {w: scores.ranking_score(c["average_influence"], clean_loss, w) for w in WEIGHTS}
 
