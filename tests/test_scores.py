@@ -345,15 +345,28 @@ def test_loss_view_takes_the_temperature_that_ranks_the_flips_better():
     loss is better on this weak head (t = 3), a sharper one worse (t = 0.3)."""
     logits, given, flipped, is_test = _weak_head_world()
     audited = ~is_test
-    for t in (0.3, 3.0):
+    for t, expected in ((0.3, 1.0), (3.0, 3.0)):
         chosen = scores.loss_view_temperature(given, logits, t, is_test)
+        assert chosen == expected
         other = 1.0 if chosen == t else t
         ap_chosen = _ap(scores.given_label_loss(logits / chosen, given)[audited], flipped[audited])
         ap_other = _ap(scores.given_label_loss(logits / other, given)[audited], flipped[audited])
         assert ap_chosen > ap_other + 0.05, (t, chosen)
-    # too few held-out rows to decide: the first folds' temperature stays
+    # MIN_HELD_OUT held-out rows decide; one fewer keeps the first folds' temperature
+    enough = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT)
+    assert scores.loss_view_temperature(given, logits, 0.3, enough) == 1.0
     few = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT - 1)
     assert scores.loss_view_temperature(given, logits, 0.3, few) == 0.3
+
+
+def test_planted_label_auroc_from_a_perfect_a_blind_and_a_certain_head():
+    labels = np.arange(400) % 5
+    rows = np.ones(len(labels), bool)
+    perfect = 5.0 * np.eye(5)[labels]
+    assert scores.planted_label_auroc(perfect, labels, rows) == 1.0
+    assert scores.planted_label_auroc(np.zeros((len(labels), 5)), labels, rows) == 0.5  # every loss equal
+    certain = np.where(np.eye(5)[labels] > 0, 0.0, -np.inf)  # probabilities given as 1 and 0
+    assert scores.planted_label_auroc(certain, labels, rows) == 1.0
 
 
 def test_score_ranks_by_the_loss_at_the_chosen_temperature():
