@@ -62,9 +62,45 @@ def gated(c):
     return c, {"kept_refit": bool(keep), "held_out_loss_first": first, "held_out_loss_clean": clean}
 
 
-def load(tuning, candidate=None):
-    """The tuning or the reported cells, rescored; ``candidate(stored) -> (stored, info)`` first changes
-    each cell's arrays (and may note what it chose in ``info``)."""
+def score_with_loss_temperature(choose_t):
+    """``scores.corruption_score`` as it stood for rounds 6 and 7, with the loss view read at
+    ``choose_t(labels, clean_oos_logits, t, is_test)`` (``t``: the first folds' temperature). Frozen
+    here, not the library's current function, so that rerunning a round scores what it declared."""
+    from noise_audit.core import scores
+
+    def corruption_score(labels, oos_logits, clean_oos_logits, average_influence, is_test=None,
+                         influence_weight=0.5):
+        labels = np.asarray(labels)
+        t = choose_t(labels, clean_oos_logits, scores.temperature(oos_logits, labels), is_test)
+        clean_loss = scores.given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
+        ranking = scores.ranking_score(average_influence, clean_loss, influence_weight)
+        target = scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
+        return scores.calibrate(ranking, target), ranking
+
+    return corruption_score
+
+
+def first_folds_temperature(labels, clean_oos_logits, t, is_test):
+    return t
+
+
+BEFORE_ROUND_7 = score_with_loss_temperature(first_folds_temperature)
+
+
+def load(tuning, candidate=None, corruption_score=BEFORE_ROUND_7):
+    """The tuning or the reported cells, rescored with ``corruption_score`` in the place of the library's;
+    ``candidate(stored) -> (stored, info)`` first changes each cell's arrays (and may note what it chose
+    in ``info``)."""
+    from noise_audit.core import scores
+
+    library, scores.corruption_score = scores.corruption_score, corruption_score
+    try:
+        return _load(tuning, candidate)
+    finally:
+        scores.corruption_score = library
+
+
+def _load(tuning, candidate):
     cells, gates = {}, {}
     for data in qg.DATA:
         for f in sorted((qg.GRID / data).glob("*-*-*.npz")):
@@ -110,15 +146,18 @@ def summary(cells, tuning):
     }
 
 
-def main():
+def run_round(doc, results, candidate, info_key, flag, label, corruption_score=BEFORE_ROUND_7):
+    """The command line of rounds 6 and 7: old and new scored on the tuning or the reported cells,
+    printed, and kept in ``results`` beside the round's declaration, with each cell's ``info`` under
+    ``info_key``; ``flag`` names the ``info`` entry counted per data set and strategy."""
     p = argparse.ArgumentParser()
     p.add_argument("part", choices=("tuning", "reported"))
     args = p.parse_args()
     tuning = args.part == "tuning"
-    res = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"declared": __doc__}
+    res = json.loads(results.read_text()) if results.is_file() else {"declared": doc}
     old, _ = load(tuning)
-    new, gates = load(tuning, gated)
-    res[args.part] = {"old": summary(old, tuning), "new": summary(new, tuning), "gates": gates}
+    new, infos = load(tuning, candidate, corruption_score)
+    res[args.part] = {"old": summary(old, tuning), "new": summary(new, tuning), info_key: infos}
     for name in ("old", "new"):
         r = res[args.part][name]
         print(f"{args.part} {name}: mean AP {r['mean_ap']:.4f}, AP ok {r['ap_ok']}, AUROC ok {r['auroc_ok']}, "
@@ -126,11 +165,15 @@ def main():
               f"{ {d: (round(v['mean_ap'], 4), v['ap_ok'], v['auroc_ok']) for d, v in r['per_data'].items()} } "
               f"ECE { {d: round(v['ece'], 4) for d, v in r['pooled'].items()} } "
               f"mean/rate { {d: (round(v['mean_score'], 3), round(v['error_rate'], 3)) for d, v in r['pooled'].items()} }")
-    kept = {}
-    for key, g in gates.items():
-        kept.setdefault(key.split("/")[0] + "/" + key.split("/")[1], []).append(g["kept_refit"])
-    print("refit kept: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in kept.items()))
-    RESULTS.write_text(json.dumps(res, indent=1, default=float))
+    counts = {}
+    for key, info in infos.items():
+        counts.setdefault("/".join(key.split("/")[:2]), []).append(info[flag])
+    print(f"{label}: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in counts.items()))
+    results.write_text(json.dumps(res, indent=1, default=float))
+
+
+def main():
+    run_round(__doc__, RESULTS, gated, "gates", "kept_refit", "refit kept")
 
 
 if __name__ == "__main__":

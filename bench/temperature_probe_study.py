@@ -32,8 +32,6 @@ from reported cells).
     python bench/temperature_probe_study.py tuning
     python bench/temperature_probe_study.py reported
 """
-import argparse
-import json
 
 import numpy as np
 
@@ -45,7 +43,10 @@ RESULTS = ROOT / "bench" / "results" / "temperature_probe_study.json"
 
 
 def planted_auroc(logits, labels, held_out, seed=0):
-    """AUROC of the given-label loss at separating a planted wrong label from the given one, on the held-out rows."""
+    """AUROC of the given-label loss at separating a planted wrong label from the given one, on the held-out rows.
+
+    The rule as declared, frozen (the library's ``scores.planted_label_auroc`` later also bounds
+    ``-inf`` logits, which no grid cell has)."""
     from sklearn.metrics import roc_auc_score
 
     from noise_audit.core import scores
@@ -66,18 +67,10 @@ def prefers_raw(labels, clean_oos_logits, t, is_test):
     return auroc["raw"] > auroc["temperature"], auroc
 
 
-def candidate_corruption_score(labels, oos_logits, clean_oos_logits, average_influence, is_test=None,
-                               influence_weight=0.5):
-    """``scores.corruption_score`` of today, with the loss view's temperature chosen by :func:`prefers_raw`."""
-    from noise_audit.core import scores
-
-    labels = np.asarray(labels)
-    t = scores.temperature(oos_logits, labels)
+def probe_temperature(labels, clean_oos_logits, t, is_test):
+    """The candidate: 1 (the raw logits) when :func:`prefers_raw`, else ``t``."""
     raw, _ = prefers_raw(labels, clean_oos_logits, t, is_test)
-    clean_loss = scores.given_label_loss(np.asarray(clean_oos_logits, dtype=float) / (1.0 if raw else t), labels)
-    ranking = scores.ranking_score(average_influence, clean_loss, influence_weight)
-    target = scores.wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
-    return scores.calibrate(ranking, target), ranking
+    return 1.0 if raw else t
 
 
 def choice(stored):
@@ -91,32 +84,8 @@ def choice(stored):
 
 
 def main():
-    from noise_audit.core import scores
-
-    p = argparse.ArgumentParser()
-    p.add_argument("part", choices=("tuning", "reported"))
-    args = p.parse_args()
-    tuning = args.part == "tuning"
-    res = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"declared": __doc__}
-    old, _ = study.load(tuning)
-    today = scores.corruption_score
-    scores.corruption_score = candidate_corruption_score
-    try:
-        new, picks = study.load(tuning, choice)
-    finally:
-        scores.corruption_score = today
-    res[args.part] = {"old": study.summary(old, tuning), "new": study.summary(new, tuning), "picks": picks}
-    for name in ("old", "new"):
-        r = res[args.part][name]
-        print(f"{args.part} {name}: mean AP {r['mean_ap']:.4f}, AP ok {r['ap_ok']}, AUROC ok {r['auroc_ok']}, "
-              f"F1 {r['mean_f1_suspect']:.4f}, "
-              f"{ {d: (round(v['mean_ap'], 4), v['ap_ok'], v['auroc_ok']) for d, v in r['per_data'].items()} } "
-              f"ECE { {d: round(v['ece'], 4) for d, v in r['pooled'].items()} }")
-    raw = {}
-    for key, g in picks.items():
-        raw.setdefault("/".join(key.split("/")[:2]), []).append(g["raw"])
-    print("raw logits chosen: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in raw.items()))
-    RESULTS.write_text(json.dumps(res, indent=1, default=float))
+    study.run_round(__doc__, RESULTS, choice, "picks", "raw", "raw logits chosen",
+                    study.score_with_loss_temperature(probe_temperature))
 
 
 if __name__ == "__main__":
