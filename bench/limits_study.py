@@ -21,14 +21,12 @@ so its answers are upper bounds that no truth-free rule can beat.
 """
 import numpy as np
 
-from _common import ROOT, table, write_json
+from _common import table, write_json
+import quality_grid
+from quality_grid import DATA, GRID, HIGH, STRATEGIES, TUNING, is_tuning
 
-GRID = ROOT / ".cache" / "grid"
-DATA = ("pair224", "ten64", "cifar32")
-STRATEGIES = ("uniform", "pair", "confusion", "influential")
-TUNING = {"data": "ten64", "seeds": (0, 1)}
 WEIGHTS = np.round(np.linspace(0, 1, 21), 2)
-SINGLES = {"average_influence": -1, "self_influence": 1, "label_quality": -1, "loss": 1, "loo_loss": 1}
+SINGLES = {s: HIGH[s] for s in quality_grid.SINGLES}  # each single signal, oriented high = suspicious
 
 
 def reported_cells():
@@ -37,7 +35,7 @@ def reported_cells():
     for data in DATA:
         for f in sorted((GRID / data).glob("*-*-*.npz")):
             strategy, rate, seed = f.stem.split("-")
-            if data == TUNING["data"] and int(seed) in TUNING["seeds"]:
+            if is_tuning(data, int(seed)):
                 continue
             cells[data, strategy, float(rate), int(seed)] = dict(np.load(f))
     return cells
@@ -116,7 +114,7 @@ def identifiability(cells):
     return rows
 
 
-def loss_view_temperature():
+def temperature_against_raw():
     """Mean AP of the ranking's loss view at the first folds' temperature and at the raw logits, per data
     set and strategy (all rates and seeds; tuning and reported cells apart)."""
     from noise_audit.core import scores
@@ -126,7 +124,7 @@ def loss_view_temperature():
     for data in DATA:
         for f in sorted((GRID / data).glob("*-*-*.npz")):
             strategy, _, seed = f.stem.split("-")
-            part = "tuning" if data == TUNING["data"] and int(seed) in TUNING["seeds"] else "reported"
+            part = "tuning" if is_tuning(data, int(seed)) else "reported"
             c = np.load(f)
             y, t = c["y_noisy"], c["flipped"].astype(bool)
             temp = scores.temperature(c["oos_logits"], y)
@@ -140,22 +138,6 @@ def loss_view_temperature():
         rows.append({"data": data, "part": part, "strategy": strategy, "ap_at_temperature": float(np.mean(aps)),
                      "ap_raw": float(np.mean(acc[data, part, strategy, "raw"]))})
     return rows
-
-
-def map_noise_matrix(labels, probs, start, alpha, iterations=200, tol=1e-7):
-    """``scores.fit_noise_matrix`` with ``alpha`` x each true class's expected count added to its diagonal."""
-    onehot = np.eye(probs.shape[1])[labels]
-    noise = np.asarray(start, dtype=float).copy()
-    for _ in range(iterations):
-        joint = probs * noise[labels]
-        counts = onehot.T @ (joint / np.maximum(joint.sum(1, keepdims=True), 1e-300))
-        new = counts + alpha * np.diag(counts.sum(0))
-        new /= np.maximum(new.sum(0, keepdims=True), 1e-300)
-        done = np.abs(new - noise).max() < tol
-        noise = new
-        if done:
-            break
-    return noise
 
 
 def noise_prior_on_tuning_cells(alphas=(0.0, 0.1, 0.25, 0.5, 1.0)):
@@ -176,7 +158,7 @@ def noise_prior_on_tuning_cells(alphas=(0.0, 0.1, 0.25, 0.5, 1.0)):
         _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(y, softmax(c["oos_logits"], axis=1))
         probs = scores.recalibrated_probs(c["clean_oos_logits"], y, test)
         for a in alphas:
-            noise = map_noise_matrix(y[~test], probs[~test], start, a)
+            noise = scores.fit_noise_matrix(y[~test], probs[~test], start, prior=a)
             score = scores.calibrate(c["ranking"], scores.noise_posterior(y, probs, noise))
             scored[a].setdefault(strategy, []).append((score, c["flipped"].astype(bool)))
     rows = []
@@ -229,7 +211,7 @@ def main():
            "without confusion and influential": pooled_ece(
                cells, lambda k: k[0] == "cifar32" and k[1] not in ("confusion", "influential"))}
     print("cifar32 pooled ECE: " + ", ".join(f"{k} {v:.4f}" for k, v in ece.items()))
-    temps = loss_view_temperature()
+    temps = temperature_against_raw()
     print(table([[r["data"], r["part"], r["strategy"], f"{r['ap_at_temperature']:.4f}", f"{r['ap_raw']:.4f}"]
                  for r in temps], ["data", "cells", "strategy", "loss view AP at temperature", "raw logits"]))
     prior = noise_prior_on_tuning_cells()

@@ -122,6 +122,21 @@ def test_noise_posterior_is_calibrated_under_its_noise_model():
     assert _ap(posterior, wrong) > 2 * wrong.mean()
 
 
+def test_noise_matrix_recovers_the_noise_and_a_prior_pulls_it_toward_none():
+    """EM finds the 20% noise it was drawn with; a Dirichlet prior of ``prior`` x each class's
+    count on the diagonal gives the posterior mode, whose noise rate is the data's off-diagonal
+    expected count divided by (1 + prior) of the total: about 0.2 / 2 at ``prior`` = 1."""
+    p_clean, _, given, _ = _noisy_world(n=8000, rate=0.2, seed=4)
+    start = np.full((4, 4), 0.25)
+    rate = lambda noise: 1 - float(np.mean(np.diag(noise)))  # noqa: E731  (classes about equally frequent)
+    mle = scores.fit_noise_matrix(given, p_clean, start, iterations=2000, tol=1e-10)
+    assert abs(rate(mle) - 0.2) < 0.02
+    assert np.array_equal(scores.fit_noise_matrix(given, p_clean, start, prior=0.0),
+                          scores.fit_noise_matrix(given, p_clean, start))
+    shrunk = scores.fit_noise_matrix(given, p_clean, start, iterations=2000, tol=1e-10, prior=1.0)
+    assert 0.07 < rate(shrunk) < 0.13
+
+
 def test_calibrate_keeps_order_and_mean_and_fixes_the_scale():
     rng = np.random.default_rng(0)
     target = rng.random(3000) ** 3  # true probabilities

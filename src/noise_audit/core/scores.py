@@ -264,14 +264,17 @@ def noise_posterior(labels: npt.ArrayLike, pred_probs: np.ndarray, noise_matrix:
 
 
 def fit_noise_matrix(labels: npt.ArrayLike, pred_probs: np.ndarray, start: npt.ArrayLike, iterations: int = 200,
-                     tol: float = 1e-7) -> np.ndarray:
+                     tol: float = 1e-7, prior: float = 0.0) -> np.ndarray:
     """Maximum-likelihood noise matrix for the given labels, the true classes' probabilities fixed.
 
     Each given label is modelled as ``P(given = i | x) = sum_j p(j|x) N[i, j]``
     with ``pred_probs`` as ``p(j|x)`` (the cleaner folds'); EM (Dawid & Skene's,
     with one annotator) refines ``start`` (cleanlab's confident-learning
     estimate, which counts noise only where the model is confident and so
-    misjudges its amount).
+    misjudges its amount). ``prior`` > 0 makes it a posterior mode instead: a
+    Dirichlet prior toward no noise, ``prior`` times each true class's expected
+    count added to its diagonal (the audit uses 0: on the tuning cells any
+    prior made the calibration worse, ``bench/limits_study.py``).
     """
     labels = np.asarray(labels)
     n_classes = pred_probs.shape[1]
@@ -281,6 +284,8 @@ def fit_noise_matrix(labels: npt.ArrayLike, pred_probs: np.ndarray, start: npt.A
         joint = pred_probs * noise[labels]  # (n, true classes): p(j|x) N[given, j]
         post = joint / np.maximum(joint.sum(1, keepdims=True), 1e-300)
         new = onehot.T @ post  # expected counts [given, true]
+        if prior:
+            new += prior * np.diag(new.sum(0))
         new /= np.maximum(new.sum(0, keepdims=True), 1e-300)
         done = np.abs(new - noise).max() < tol
         noise = new
