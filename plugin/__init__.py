@@ -25,8 +25,7 @@ from noise_audit import validation
 from noise_audit.app import views as nav
 from noise_audit.core.data import classification_fields
 from noise_audit.errors import NoiseAuditError
-from noise_audit.core.features import BACKBONES
-from noise_audit.core.influence import METHODS
+from noise_audit.methods import BACKBONES, METHODS
 from noise_audit.noise import STRATEGIES, check_targets, default_noisy_field, injected_fields
 from noise_audit.store.runs import check_key, list_audits
 

@@ -15,7 +15,7 @@ import sys
 
 import fiftyone.core.odm as foo
 
-from noise_audit.store.runs import TMP, OLD
+from noise_audit.store.ownership import TMP, OLD
 
 # A small, fast audit: cached 32 px features of a random ResNet-18 (512 features).
 FAST = dict(image_size=32, backbone="resnet18", weights="random", folds=2, progress=False)

@@ -1,7 +1,7 @@
 """Issue 13.1: an audit is written all or nothing.
 
 A fault at every step of the write (``NOISE_AUDIT_FAULT_AT``, read by
-``noise_audit.store.runs``) leaves the dataset equal to its state before the audit,
+``noise_audit.store.writes``) leaves the dataset equal to its state before the audit,
 or to the complete new audit, compared on every stored sample document,
 the schema with each field's info, and every run's config and results
 (:func:`audit_state.state`). A process killed by SIGKILL inside the write
@@ -15,7 +15,9 @@ import signal
 import pytest
 
 import noise_audit as na
-from noise_audit.store.runs import FAULT_ENV, OLD, TMP, WRITE_STEPS, InjectedFault, recover
+from noise_audit.store.ownership import OLD, TMP
+from noise_audit.store.recovery import recover
+from noise_audit.store.writes import FAULT_ENV, WRITE_STEPS, InjectedFault
 
 from audit_state import FAST, assert_same, python, state, temporary
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import noise_audit as na
-from noise_audit.store.runs import audit_fields
+from noise_audit.store.ownership import audit_fields
 
 from audit_state import FAST, child_env
 

@@ -24,8 +24,7 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionError
 
 import noise_audit as na
 from noise_audit.core.auditing import DEFAULT_L2, STAGES
-from noise_audit.core.features import BACKBONES
-from noise_audit.core.influence import METHODS
+from noise_audit.methods import BACKBONES, METHODS
 from noise_audit.noise import STRATEGIES
 from noise_audit.app.plugin_install import INSTALL_NAME, install_plugin, plugin_source_dir, uninstall_plugin
 

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 import noise_audit as na
-from noise_audit.reports.summary import FILES, SIGNALS
+from noise_audit.reports.sections import SIGNALS
+from noise_audit.reports.summary import FILES
 from noise_audit.reports.html import SECTIONS
 
 from conftest import TINY, requires_shared, unique_name

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import noise_audit as na
-from noise_audit.store.runs import AuditResults, AuditRunConfig, SIGNAL_FIELDS, audit_fields
+from noise_audit.store.ownership import SIGNAL_FIELDS, audit_fields
+from noise_audit.store.runs import AuditResults, AuditRunConfig
 
 from audit_state import FAST, state
 

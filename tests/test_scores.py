@@ -12,7 +12,7 @@ from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
 from sklearn.metrics import average_precision_score
 
 from noise_audit import metrics
-from noise_audit.core import scores
+from noise_audit.core import noise_model, scores
 
 
 def _noisy_world(n=6000, c=4, rate=0.2, seed=0, sharpness=4.0):
@@ -106,7 +106,7 @@ def test_refit_suspects_are_the_first_rankings_top_as_many_as_cleanlab_estimates
     drop = scores.refit_suspects(labels, logits, influence)
     assert drop.sum() == scores.estimate_num_issues(labels, softmax(logits, axis=1))
     # the first ranking is on temperature-scaled probabilities: compare in that order
-    probs = scores.calibrated_probs(logits, labels)
+    probs = noise_model.calibrated_probs(logits, labels)
     first = scores.ranking_score(influence, scores.given_label_loss(np.log(probs), labels))
     assert first[drop].min() >= first[~drop].max() - 1e-9
     assert flipped[drop].mean() > 3 * flipped.mean()  # mostly flips
@@ -114,7 +114,7 @@ def test_refit_suspects_are_the_first_rankings_top_as_many_as_cleanlab_estimates
 
 def test_noise_posterior_is_calibrated_under_its_noise_model():
     p_clean, noise, given, wrong = _noisy_world()
-    posterior = scores.noise_posterior(given, p_clean, noise)
+    posterior = noise_model.noise_posterior(given, p_clean, noise)
     cal = metrics.calibration(posterior, wrong)
     assert cal["ece"] < 0.03
     assert abs(cal["mean_score"] - cal["error_rate"]) < 0.015
@@ -129,11 +129,11 @@ def test_noise_matrix_recovers_the_noise_and_a_prior_pulls_it_toward_none():
     p_clean, _, given, _ = _noisy_world(n=8000, rate=0.2, seed=4)
     start = np.full((4, 4), 0.25)
     rate = lambda noise: 1 - float(np.mean(np.diag(noise)))  # noqa: E731  (classes about equally frequent)
-    mle = scores.fit_noise_matrix(given, p_clean, start, iterations=2000, tol=1e-10)
+    mle = noise_model.fit_noise_matrix(given, p_clean, start, iterations=2000, tol=1e-10)
     assert abs(rate(mle) - 0.2) < 0.02
-    assert np.array_equal(scores.fit_noise_matrix(given, p_clean, start, prior=0.0),
-                          scores.fit_noise_matrix(given, p_clean, start))
-    shrunk = scores.fit_noise_matrix(given, p_clean, start, iterations=2000, tol=1e-10, prior=1.0)
+    assert np.array_equal(noise_model.fit_noise_matrix(given, p_clean, start, prior=0.0),
+                          noise_model.fit_noise_matrix(given, p_clean, start))
+    shrunk = noise_model.fit_noise_matrix(given, p_clean, start, iterations=2000, tol=1e-10, prior=1.0)
     assert 0.07 < rate(shrunk) < 0.13
 
 
@@ -142,7 +142,7 @@ def test_calibrate_keeps_order_and_mean_and_fixes_the_scale():
     target = rng.random(3000) ** 3  # true probabilities
     truth = rng.random(3000) < target
     ranking = 5 * target + 2.0  # right order, wrong scale (not even in [0, 1])
-    out = scores.calibrate(ranking, target)
+    out = noise_model.calibrate(ranking, target)
     assert np.all(np.diff(out[np.argsort(ranking)]) > 0)  # strictly increasing: the order is kept
     assert out.mean() == pytest.approx(target.mean(), abs=1e-4)
     assert metrics.calibration(out, truth)["ece"] < 0.04
@@ -153,8 +153,8 @@ def test_temperature_undoes_a_scaled_model():
     rng = np.random.default_rng(1)
     true_logits = 3 * rng.normal(size=(8000, 5))
     labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits, axis=1)])
-    assert scores.temperature(true_logits / 4, labels) == pytest.approx(0.25, rel=0.1)
-    assert scores.temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)
+    assert noise_model.temperature(true_logits / 4, labels) == pytest.approx(0.25, rel=0.1)
+    assert noise_model.temperature(true_logits, labels) == pytest.approx(1.0, rel=0.1)
 
 
 def test_score_is_a_calibrated_probability_on_a_known_noise_model():
@@ -208,8 +208,8 @@ def test_held_out_labels_fix_the_temperature_of_a_weak_head():
     logits = 3.0 * np.log(p_clean)  # over-sharp folds: the right temperature is 3
     noisy = np.log(p_clean @ noise.T)
     audited = ~is_test
-    held = scores.wrong_label_posterior(given, noisy, logits, is_test)
-    joint = scores.wrong_label_posterior(given, noisy, logits)
+    held = noise_model.wrong_label_posterior(given, noisy, logits, is_test)
+    joint = noise_model.wrong_label_posterior(given, noisy, logits)
     cal_held = metrics.calibration(held[audited], wrong[audited])
     cal_joint = metrics.calibration(joint[audited], wrong[audited])
     assert cal_held["ece"] < 0.04
@@ -218,8 +218,8 @@ def test_held_out_labels_fix_the_temperature_of_a_weak_head():
     score, _ = scores.corruption_score(given, noisy, logits, np.zeros(len(given)), is_test)
     assert metrics.calibration(score[audited], wrong[audited])["ece"] < 0.05
     # too few held-out rows to trust their temperature: the joint fit, as without any
-    few = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT - 1)
-    assert np.array_equal(scores.wrong_label_posterior(given, noisy, logits, few), joint)
+    few = is_test & (np.cumsum(is_test) <= noise_model.MIN_HELD_OUT - 1)
+    assert np.array_equal(noise_model.wrong_label_posterior(given, noisy, logits, few), joint)
 
 
 def test_vector_scaling_undoes_a_scaled_and_biased_head():
@@ -229,10 +229,10 @@ def test_vector_scaling_undoes_a_scaled_and_biased_head():
     labels = np.array([rng.choice(4, p=p) for p in p_true])
     head = 3 * true_logits + np.array([2.0, 0.0, 0.0, -1.0])  # over-sharp and partial to class 0
     every = np.ones(len(labels), bool)
-    fixed = softmax(scores.vector_scaled_logits(head, labels, every), axis=1)
+    fixed = softmax(noise_model.vector_scaled_logits(head, labels, every), axis=1)
     assert np.abs(fixed - p_true).max() < 0.03
     # a temperature alone cannot undo the biases
-    scaled = softmax(head / scores.temperature(head, labels), axis=1)
+    scaled = softmax(head / noise_model.temperature(head, labels), axis=1)
     assert np.abs(scaled - p_true).max() > 0.15
 
 
@@ -245,14 +245,14 @@ def test_held_out_labels_fix_the_class_biases_of_the_noise_model():
     biased = np.log(p_clean) + np.array([1.5, 0.0, -0.5, 0.0])  # folds partial to class 0
     noisy = np.log(p_clean @ noise.T)
     audited = ~is_test
-    posterior = scores.wrong_label_posterior(given, noisy, biased, is_test)
+    posterior = noise_model.wrong_label_posterior(given, noisy, biased, is_test)
     cal = metrics.calibration(posterior[audited], wrong[audited])
     assert cal["ece"] < 0.03
     assert abs(cal["mean_score"] - cal["error_rate"]) < 0.02
     # the same noise model with the held-out temperature only (round 2's E) is worse
-    probs = scores.calibrated_probs(biased, given, is_test)
+    probs = noise_model.calibrated_probs(biased, given, is_test)
     _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(given, softmax(noisy, axis=1))
-    temperature_only = scores.noise_posterior(given, probs, scores.fit_noise_matrix(given[audited], probs[audited],
+    temperature_only = noise_model.noise_posterior(given, probs, noise_model.fit_noise_matrix(given[audited], probs[audited],
                                                                                      start))
     assert metrics.calibration(temperature_only[audited], wrong[audited])["ece"] > cal["ece"] + 0.02
 
@@ -282,7 +282,7 @@ def test_a_class_missing_from_the_held_out_rows_keeps_its_labels_plausible():
     given, wrong, is_test = _right_held_out_labels(p_clean, given, wrong, seed=7)
     is_test &= given != 3  # no held-out row of class 3
     noisy = np.log(p_clean @ noise.T)
-    posterior = scores.wrong_label_posterior(given, noisy, np.log(p_clean), is_test)
+    posterior = noise_model.wrong_label_posterior(given, noisy, np.log(p_clean), is_test)
     three = ~is_test & (given == 3)
     assert abs(posterior[three].mean() - wrong[three].mean()) < 0.03
 
@@ -301,19 +301,19 @@ def test_held_out_labels_choose_a_matrix_for_a_head_that_blurs_two_classes():
     _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(given, softmax(blurred, axis=1))
 
     def floor(probs):  # mean posterior of being wrong where nothing is
-        noise = scores.fit_noise_matrix(given[audited], probs[audited], start)
-        return scores.noise_posterior(given, probs, noise)[audited].mean()
+        noise = noise_model.fit_noise_matrix(given[audited], probs[audited], start)
+        return noise_model.noise_posterior(given, probs, noise)[audited].mean()
 
-    chosen = floor(scores.recalibrated_probs(blurred, given, is_test))
-    vector = floor(softmax(scores.vector_scaled_logits(blurred, given, is_test), axis=1))
+    chosen = floor(noise_model.recalibrated_probs(blurred, given, is_test))
+    vector = floor(softmax(noise_model.vector_scaled_logits(blurred, given, is_test), axis=1))
     assert chosen < 0.012 and vector > 2 * chosen
-    assert scores.wrong_label_posterior(given, blurred, blurred, is_test)[audited].mean() < 0.012
+    assert noise_model.wrong_label_posterior(given, blurred, blurred, is_test)[audited].mean() < 0.012
     sharp = 3 * np.log(p_clean) + np.array([1.0, 0.0, 0.0, -1.0])
-    assert np.allclose(scores.recalibrated_probs(sharp, given, is_test),
-                       softmax(scores.vector_scaled_logits(sharp, given, is_test), axis=1))
+    assert np.allclose(noise_model.recalibrated_probs(sharp, given, is_test),
+                       softmax(noise_model.vector_scaled_logits(sharp, given, is_test), axis=1))
     # a class with fewer than MIN_HELD_OUT_PER_CLASS held-out rows: a temperature alone
     few = is_test & (np.cumsum(is_test) <= 15)
-    assert np.allclose(scores.recalibrated_probs(blurred, given, few), scores.calibrated_probs(blurred, given, few))
+    assert np.allclose(noise_model.recalibrated_probs(blurred, given, few), noise_model.calibrated_probs(blurred, given, few))
 
 
 def test_matrix_scaling_needs_as_many_held_out_rows_as_it_has_entries():
@@ -328,14 +328,14 @@ def test_matrix_scaling_needs_as_many_held_out_rows_as_it_has_entries():
     rows = np.zeros(len(given), bool)
     for k in range(12):
         rows[np.flatnonzero(given == k)[:11]] = True
-    vector = softmax(scores.vector_scaled_logits(blurred, given, rows), axis=1)
-    assert np.allclose(scores.recalibrated_probs(blurred, given, rows), vector)
+    vector = softmax(noise_model.vector_scaled_logits(blurred, given, rows), axis=1)
+    assert np.allclose(noise_model.recalibrated_probs(blurred, given, rows), vector)
     # with enough rows the choice is made, and here it is the matrix
     many = np.zeros(len(given), bool)
     for k in range(12):
         many[np.flatnonzero(given == k)[:150]] = True
-    assert not np.allclose(scores.recalibrated_probs(blurred, given, many),
-                           softmax(scores.vector_scaled_logits(blurred, given, many), axis=1))
+    assert not np.allclose(noise_model.recalibrated_probs(blurred, given, many),
+                           softmax(noise_model.vector_scaled_logits(blurred, given, many), axis=1))
 
 
 def _weak_head_world(n=4000, c=10, seed=0, rate=0.2):
@@ -368,9 +368,9 @@ def test_loss_view_takes_the_temperature_that_ranks_the_flips_better():
         ap_other = _ap(scores.given_label_loss(logits / other, given)[audited], flipped[audited])
         assert ap_chosen > ap_other + 0.05, (t, chosen)
     # MIN_HELD_OUT held-out rows decide; one fewer keeps the first folds' temperature
-    enough = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT)
+    enough = is_test & (np.cumsum(is_test) <= noise_model.MIN_HELD_OUT)
     assert scores.loss_view_temperature(given, logits, 0.3, enough) == 1.0
-    few = is_test & (np.cumsum(is_test) <= scores.MIN_HELD_OUT - 1)
+    few = is_test & (np.cumsum(is_test) <= noise_model.MIN_HELD_OUT - 1)
     assert scores.loss_view_temperature(given, logits, 0.3, few) == 0.3
 
 
@@ -388,11 +388,11 @@ def test_score_ranks_by_the_loss_at_the_chosen_temperature():
     """First folds much sharper than the cleaner ones' best reading (t about 0.3): the
     score's ranking follows the raw logits, which find the flips better here."""
     logits, given, flipped, is_test = _weak_head_world(seed=1)
-    sharp = logits * (0.3 / scores.temperature(logits, given))  # the first folds' t is then about 0.3
+    sharp = logits * (0.3 / noise_model.temperature(logits, given))  # the first folds' t is then about 0.3
     no_influence = np.zeros(len(given))
     score, _ = scores.corruption_score(given, sharp, logits, no_influence, is_test)
     audited = ~is_test
-    t = scores.temperature(sharp, given)
+    t = noise_model.temperature(sharp, given)
     ap_raw = _ap(scores.given_label_loss(logits, given)[audited], flipped[audited])
     ap_at_t = _ap(scores.given_label_loss(logits / t, given)[audited], flipped[audited])
     assert ap_raw > ap_at_t + 0.03

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from noise_audit import signals
-from noise_audit.store.runs import SIGNAL_FIELDS, audit_fields
+from noise_audit.store.ownership import SIGNAL_FIELDS, audit_fields
 
 
 @pytest.mark.parametrize("name, low", [("average_influence", True), ("label_quality", True),

@@ -28,7 +28,8 @@ with _warnings.catch_warnings():
     from noise_audit.metrics import detection_metrics, evaluate
     from noise_audit.noise import inject_label_noise, remove_label_noise
     from noise_audit.reports.summary import label_error_rate, report
-    from noise_audit.store.runs import audit_fields, delete_audit, list_audits, load_audit
+    from noise_audit.store.ownership import audit_fields
+    from noise_audit.store.runs import delete_audit, list_audits, load_audit
 
 __all__ = [
     "AuditResults", "NoiseAuditError", "__version__", "audit", "audit_fields",

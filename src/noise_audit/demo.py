@@ -14,7 +14,7 @@ import numpy as np
 
 from noise_audit.core.auditing import audit
 from noise_audit.core.data import load_image_folder
-from noise_audit.core.features import default_cache_dir
+from noise_audit.core.feature_cache import default_cache_dir
 from noise_audit.metrics import detection_metrics
 from noise_audit.noise import inject_label_noise
 

@@ -176,7 +176,8 @@ def _cleaning(samples: SampleCollection, key: str, truth_field: str) -> dict[str
     import json
 
     from noise_audit.core.cleaning import audit_cleaning_gain
-    from noise_audit.store.runs import audit_fields, load_audit
+    from noise_audit.store.ownership import audit_fields
+    from noise_audit.store.runs import load_audit
 
     dataset = samples._dataset
     config, results = load_audit(dataset, key)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from noise_audit.errors import NoiseAuditError
+from noise_audit.methods import BLOCK_DEFAULT_METHOD, BLOCK_METHODS, METHODS
 
 if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection
@@ -118,11 +119,8 @@ def influence_method(method: str, train_last_block: bool = False, distributed: b
 
     ``"auto"`` stays ``"auto"`` (the linear head's closed form, else pyDVL's
     direct solver), except with ``train_last_block``, where it means
-    :data:`~noise_audit.core.finetune.BLOCK_DEFAULT_METHOD`.
+    :data:`~noise_audit.methods.BLOCK_DEFAULT_METHOD`.
     """
-    from noise_audit.core.finetune import BLOCK_DEFAULT_METHOD, BLOCK_METHODS
-    from noise_audit.core.influence import METHODS
-
     if train_last_block:
         method = BLOCK_DEFAULT_METHOD if method == "auto" else method
         if method not in BLOCK_METHODS:

@@ -29,7 +29,8 @@ from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import SHOWN
 from noise_audit.store.fields import is_own_field
 from noise_audit.metrics import evaluate
-from noise_audit.store.runs import audit_fields, load_audit
+from noise_audit.store.ownership import audit_fields
+from noise_audit.store.runs import load_audit
 
 if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection

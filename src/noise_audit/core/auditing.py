@@ -30,6 +30,8 @@ from noise_audit import validation
 from noise_audit._version import __version__
 from noise_audit.core import distributed, finetune, pipeline, scores
 from noise_audit.core import features as feats
+from noise_audit.core.backbones import Backbone, get_backbone
+from noise_audit.core.feature_cache import default_cache_dir
 from noise_audit.core import head as heads
 from noise_audit.core import influence as infl
 from noise_audit.core.blocks import Blocks
@@ -37,7 +39,9 @@ from noise_audit.core.data import read_labels
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store.fields import classification_doc
-from noise_audit.store.runs import AuditResults, audit_fields, check_key, write_audit  # noqa: F401 (AuditResults re-exported)
+from noise_audit.store.ownership import audit_fields
+from noise_audit.store.runs import AuditResults, check_key  # noqa: F401 (AuditResults re-exported)
+from noise_audit.store.writes import write_audit
 
 if TYPE_CHECKING:
     import torch
@@ -96,15 +100,15 @@ class _Clock:
         self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + elapsed, 4)
 
 
-def build_backbone(backbone: str | torch.nn.Module | feats.Backbone, weights: str | os.PathLike[str] | None,
+def build_backbone(backbone: str | torch.nn.Module | Backbone, weights: str | os.PathLike[str] | None,
                    transform: Callable[[Image.Image], torch.Tensor] | None, image_size: int, seed: int,
-                   train_last_block: bool) -> tuple[feats.Backbone, Callable[[int], torch.nn.Module] | None]:
+                   train_last_block: bool) -> tuple[Backbone, Callable[[int], torch.nn.Module] | None]:
     """``(feature extractor, make_head or None)`` for an audit's settings."""
-    bb = feats.get_backbone(backbone, weights, transform, image_size, seed)
+    bb = get_backbone(backbone, weights, transform, image_size, seed)
     if not train_last_block:
         return bb, None
     trunk, make_head = finetune.trunk_and_block(bb)
-    trunk_bb = feats.Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk")
+    trunk_bb = Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk")
     return trunk_bb, make_head
 
 
@@ -112,7 +116,7 @@ def head_file(cache_dir: str | Literal[False] | None, dataset_name: str, key: st
     """Where the weights of a fine-tuned last block are kept (too big for a run doc)."""
     import hashlib
 
-    root = cache_dir if isinstance(cache_dir, str) else feats.default_cache_dir()
+    root = cache_dir if isinstance(cache_dir, str) else default_cache_dir()
     name = hashlib.sha1(f"{dataset_name}/{key}".encode()).hexdigest()[:16]
     return os.path.join(root, "heads", f"{name}.pt")
 
@@ -163,7 +167,7 @@ def audit(
         transform: PIL image -> tensor, for custom backbones.
         image_size: input side length for the named backbones.
         method: pyDVL influence solver, ``"auto"`` or one of
-            :data:`noise_audit.core.influence.METHODS`.
+            :data:`noise_audit.methods.METHODS`.
         regularization: L2 strength of the head (mean-loss scale), or
             ``"auto"`` to pick it by out-of-fold log loss.
         folds: K of the K-fold out-of-sample predictions.

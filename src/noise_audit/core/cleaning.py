@@ -18,7 +18,7 @@ import torch
 
 from noise_audit.core import head as heads
 from noise_audit.core.blocks import Blocks
-from noise_audit.core.linear_influence import class_logits
+from noise_audit.core.head import class_logits
 
 if TYPE_CHECKING:
     from fiftyone.core.dataset import Dataset

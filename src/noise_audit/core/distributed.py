@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from noise_audit.core import features as feats
+from noise_audit.core.backbones import Backbone
 from noise_audit.core.blocks import BLOCK_ROWS, Blocks
 from noise_audit.errors import NoiseAuditError
 
@@ -52,7 +53,7 @@ def connect(spec: str) -> Client:
         raise NoiseAuditError(f"Cannot reach the Dask scheduler at {spec!r}: {e}") from e
 
 
-def feature_blocks(client: Client, filepaths: Sequence[str] | np.ndarray, backbone: feats.Backbone,
+def feature_blocks(client: Client, filepaths: Sequence[str] | np.ndarray, backbone: Backbone,
                    columns: Mapping[str, Any], batch_size: int = 64, cache_dir: str | Literal[False] | None = None,
                    train: np.ndarray | None = None) -> tuple[Blocks, np.ndarray, np.ndarray, int]:
     """Features of ``filepaths`` computed on the workers, as standardised :class:`Blocks`.
@@ -60,7 +61,7 @@ def feature_blocks(client: Client, filepaths: Sequence[str] | np.ndarray, backbo
     Args:
         client: the Dask client.
         filepaths: image paths, in the view's order.
-        backbone: a :class:`~noise_audit.core.features.Backbone` (sent to every worker once).
+        backbone: a :class:`~noise_audit.core.backbones.Backbone` (sent to every worker once).
         columns: other per-sample arrays to keep beside the features (``y``,
             ``train``, ``fold``), in the same order.
         batch_size, cache_dir: as in :func:`~noise_audit.core.features.extract_features`.

@@ -28,11 +28,8 @@ from noise_audit.core.head import DTYPE
 from noise_audit.errors import NoiseAuditError
 
 if TYPE_CHECKING:
-    from noise_audit.core.features import Backbone
+    from noise_audit.core.backbones import Backbone
 
-# pyDVL solvers that scale to the block's parameters (no dense Hessian).
-BLOCK_METHODS = ("cg", "lissa", "arnoldi", "nystroem")
-BLOCK_DEFAULT_METHOD = "nystroem"  # cheap self-influence from a low-rank sketch
 
 
 class TrunkExtractor(torch.nn.Module):

@@ -17,7 +17,7 @@ input cleanlab needs; :func:`select_l2` picks ``l2`` by out-of-fold log loss.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -27,8 +27,7 @@ from scipy.special import softmax
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from noise_audit.core.blocks import Blocks, Rows
+from noise_audit.core.blocks import Block, Blocks, Rows, kept, rows_of, weighted
 
 DTYPE = torch.float64
 L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -213,8 +212,6 @@ def fit_linear_head(blocks: Blocks, n_features: int, n_classes: int, l2: float, 
     ``val_rows`` select the training and validation rows
     (see :func:`noise_audit.core.blocks.select`).
     """
-    from noise_audit.core.linear_influence import loss_and_gradient
-
     device = torch.device(device or "cpu")
     head = _start(_zero_linear_head(n_features, n_classes), init, device)
     w, b = head.fc.weight, head.fc.bias
@@ -241,8 +238,6 @@ def cross_val_logits(blocks: Blocks, n_features: int, n_classes: int, l2: float,
                      device: torch.device | str | None = None) -> np.ndarray:
     """:func:`cross_val_probs` on :class:`~noise_audit.core.blocks.Blocks` whose ``fold`` column
     holds each row's fold: out-of-fold logits, in block order."""
-    from noise_audit.core.linear_influence import class_logits
-
     logits = np.zeros((blocks.n, n_classes))
     fold_of = blocks.map_concat(_fold_column)
     if init is not None:
@@ -255,6 +250,30 @@ def cross_val_logits(blocks: Blocks, n_features: int, n_classes: int, l2: float,
         w, b = blocks.arg(head.fc.weight.detach()), blocks.arg(head.fc.bias.detach())
         logits[fold_of == k] = blocks.map_concat(class_logits, w, b, ("fold", k))
     return logits
+
+
+# -- block functions of the head's objective (run by Blocks: a loop here, or Dask tasks) --
+
+def outer_sum(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_i s_i [x_i, 1]^T`` -> ``(C, d + 1)``."""
+    return torch.cat([s.T @ x, s.sum(0)[:, None]], dim=1)
+
+
+def loss_and_gradient(block: Block, w: torch.Tensor, b: torch.Tensor,
+                      rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(summed cross-entropy, summed gradient (C, d + 1), rows)`` over ``rows``."""
+    x, y, keep = rows_of(block, rows, "x", "y")
+    logp = torch.log_softmax(x @ w.T + b, dim=1)
+    r = logp.exp()
+    r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
+    loss = -weighted(logp.gather(1, y.long()[:, None])[:, 0], keep).sum()
+    count = float(len(y)) if keep is None else keep.sum().item()
+    return loss, outer_sum(weighted(r, keep), x), torch.tensor(count, dtype=DTYPE)
+
+
+def class_logits(block: Block, w: torch.Tensor, b: torch.Tensor, rows: Rows) -> torch.Tensor:
+    x, keep = rows_of(block, rows, "x")
+    return kept(x @ w.T + b, keep)
 
 
 def _fold_column(block):

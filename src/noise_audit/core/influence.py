@@ -74,8 +74,6 @@ PydvlModel = Union[TorchComposableInfluence, EkfacInfluence]
 #: What :func:`fit_influence_model` returns.
 InfluenceModel = Union[LinearHeadInfluence, PydvlModel]
 
-PYDVL_METHODS = ("direct", "cg", "lissa", "arnoldi", "nystroem", "ekfac")
-METHODS = ("linear",) + PYDVL_METHODS
 DIRECT_MAX_PARAMS = 6000
 
 

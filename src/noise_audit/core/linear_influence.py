@@ -40,16 +40,14 @@ Every pass over the samples is a block function (below the class) run through
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from noise_audit.core.blocks import Block, Blocks, Rows, as_tensor, kept, rows_of, weighted
-
-if TYPE_CHECKING:
-    from noise_audit.core.head import LinearHead
+from noise_audit.core.head import LinearHead, loss_and_gradient, outer_sum
 
 DTYPE = torch.float64
 SOLVERS = ("exact", "ekfac")
@@ -281,11 +279,6 @@ def _apply(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return x @ v[:, :-1].T + v[:, -1]
 
 
-def _outer_sum(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``sum_i s_i [x_i, 1]^T`` -> ``(C, d + 1)``."""
-    return torch.cat([s.T @ x, s.sum(0)[:, None]], dim=1)
-
-
 def _with_ones(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
 
@@ -299,23 +292,6 @@ def _residuals(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     r = _probs(x, w, b)
     r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
     return r
-
-
-def loss_and_gradient(block: Block, w: torch.Tensor, b: torch.Tensor,
-                      rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(summed cross-entropy, summed gradient (C, d + 1), rows)`` over ``rows``."""
-    x, y, keep = rows_of(block, rows, "x", "y")
-    logp = torch.log_softmax(x @ w.T + b, dim=1)
-    r = logp.exp()
-    r[torch.arange(len(y), device=r.device), y.long()] -= 1.0
-    loss = -weighted(logp.gather(1, y.long()[:, None])[:, 0], keep).sum()
-    count = float(len(y)) if keep is None else keep.sum().item()
-    return loss, _outer_sum(weighted(r, keep), x), torch.tensor(count, dtype=DTYPE)
-
-
-def class_logits(block: Block, w: torch.Tensor, b: torch.Tensor, rows: Rows) -> torch.Tensor:
-    x, keep = rows_of(block, rows, "x")
-    return kept(x @ w.T + b, keep)
 
 
 def kfac_factors(block: Block, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -363,7 +339,7 @@ def hvp_sum(block: Block, w: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> 
     k, c, d1 = v.shape
     u = _apply(x, v.reshape(k * c, d1)).reshape(-1, k, c)  # (n, k, C)
     s = weighted(p * u - p * (p * u).sum(2, keepdim=True), keep).reshape(-1, k * c)
-    return _outer_sum(s, x).reshape(k, c, d1)
+    return outer_sum(s, x).reshape(k, c, d1)
 
 
 def sample_gradients(block: Block, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

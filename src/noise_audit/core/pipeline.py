@@ -27,7 +27,8 @@ import torch
 from noise_audit.core import head as heads
 from noise_audit.core import scores
 from noise_audit.core.blocks import Blocks
-from noise_audit.core.linear_influence import LinearHeadInfluence, class_logits
+from noise_audit.core.head import class_logits
+from noise_audit.core.linear_influence import LinearHeadInfluence
 
 
 class Clock(Protocol):

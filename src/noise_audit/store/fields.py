@@ -4,7 +4,7 @@ lock that keeps concurrent writers from undoing each other's schema changes.
 Every field we create carries ``info={"created_by": "noise_audit",
 "role": ROLE, ...}``; the role says what the field is for:
 
-- ``"audit:<key>"``: a signal of the audit ``key`` (see :mod:`noise_audit.store.runs`);
+- ``"audit:<key>"``: a signal of the audit ``key`` (see :mod:`noise_audit.store.ownership`);
 - ``"noise:noisy"`` / ``"noise:flag"``: the noisy copy of a label field and the
   flag of flipped labels written by :func:`noise_audit.inject_label_noise`.
 
