@@ -43,6 +43,19 @@ FIXTURES = ROOT / "fixtures" / "cifar10"
 SMALL_CLASSES = ("airplane", "frog", "truck")
 
 
+def same_features(a, b, rtol=1e-4):
+    """Whether two feature arrays are the same features up to float32 arithmetic.
+
+    A convolution's result depends on the batch it ran in, the thread count and
+    the CPU (summation order, kernels chosen by size), by about 1e-6 of the
+    features' scale; an absolute tolerance would pass on one machine and fail on
+    another, so both tolerances are relative, to each value and to the array's scale."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=rtol * max(np.abs(b).max(), 1e-12))
+
+
 def unique_name(prefix="na-test"):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

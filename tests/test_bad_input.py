@@ -15,7 +15,9 @@ from PIL import Image
 
 import noise_audit as na
 from noise_audit.cli import main
-from noise_audit.core.features import extract_features, get_backbone, to_rgb
+from noise_audit.core.features import extract_features, get_backbone
+from noise_audit.core.images import to_rgb
+from conftest import same_features
 
 FAST = dict(image_size=32, progress=False)
 
@@ -68,7 +70,7 @@ def test_truncated_jpegs_are_all_listed_in_one_message_and_the_good_features_are
     # after the fix only the fixed files are computed
     truth, _ = extract_features(images, bb32, cache_dir=False, progress=False)
     again, n = extract_features(images, bb32, cache_dir=cache, progress=False)
-    assert n == 0 and np.allclose(again, truth, atol=1e-5)
+    assert n == 0 and same_features(again, truth)
 
 
 def test_missing_undecodable_and_truncated_files_in_one_message_before_any_network_work(images, bb32, tmp_path):
@@ -114,7 +116,7 @@ def test_16_bit_png_is_scaled_to_8_bit_not_white(images, bb32, tmp_path):
     assert np.array_equal(rgb[..., 0], grey) and grey.mean() < 200  # the picture, not white
     feats, _ = extract_features([str(tmp_path / "grey16.png"), str(tmp_path / "grey8.png")], bb32,
                                 cache_dir=False, progress=False)
-    assert np.allclose(feats[0], feats[1], atol=1e-5)
+    assert same_features(feats[0], feats[1])
     Image.fromarray(np.full_like(grey, 255)).save(tmp_path / "white.png")
     white, _ = extract_features([str(tmp_path / "white.png")], bb32, cache_dir=False, progress=False)
     assert np.abs(feats[0] - white[0]).max() > 0.1
@@ -239,7 +241,7 @@ def test_a_file_where_the_cache_folder_should_be_warns_once_and_keeps_the_featur
     blocker.write_text("a file")
     truth, _ = extract_features(images, bb32, cache_dir=False, progress=False)
     feats, n = extract_features(images, bb32, cache_dir=str(blocker), progress=False)
-    assert n == len(images) and np.allclose(feats, truth, atol=1e-5)
+    assert n == len(images) and same_features(feats, truth)
     assert len(feature_warnings) == 1
     message = feature_warnings[0].getMessage()
     assert "cannot be used" in message and "NotADirectoryError" in message and "\n" not in message
@@ -250,5 +252,5 @@ def test_a_file_where_the_cache_folder_should_be_warns_once_and_keeps_the_featur
 def test_a_cache_folder_that_cannot_be_written_warns_once_and_keeps_the_features(images, bb32, feature_warnings):
     truth, _ = extract_features(images, bb32, cache_dir=False, progress=False)
     feats, n = extract_features(images, bb32, cache_dir="/proc/self", progress=False)  # reads (empty), cannot write
-    assert n == len(images) and np.allclose(feats, truth, atol=1e-5)
+    assert n == len(images) and same_features(feats, truth)
     assert len(feature_warnings) == 1 and "cannot be used" in feature_warnings[0].getMessage()

@@ -13,9 +13,11 @@ from torchvision import transforms as T
 
 import noise_audit as na
 from noise_audit.core import features
+from noise_audit.core.backbones import Backbone
+from noise_audit.core.feature_cache import FeatureCache
 from noise_audit.core.features import extract_features, get_backbone
 
-from conftest import FIXTURES
+from conftest import FIXTURES, same_features
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_features_are_cached_and_invalidated_by_mtime(images, tmp_path):
     assert n2 == 0 and np.array_equal(f1, f2)
     os.utime(images[0], ns=(1, 1))  # an edited file must be recomputed
     f3, n3 = extract_features(images, bb, cache_dir=cache, progress=False)
-    assert n3 == 1 and np.allclose(f3, f1, atol=1e-5)
+    assert n3 == 1 and same_features(f3, f1)
     other = get_backbone("efficientnet_lite0", image_size=96)
     assert other.cache_id != bb.cache_id
 
@@ -110,7 +112,7 @@ def reference(bb64):
     for i in (0, 17, 39):  # each row is its own image's, computed alone
         with Image.open(paths[i]) as im:
             alone = bb64(bb64.transform(im.convert("RGB"))[None]).numpy()[0]
-        assert np.allclose(feats[i], alone, atol=1e-4)
+        assert same_features(feats[i], alone)
     return paths, feats
 
 
@@ -169,7 +171,7 @@ def test_workers_write_nothing_to_stderr(bb64, capfd):
         os.write(2, b"DECODER-WARNING\n")
         return bb64.transform(image)
 
-    quiet = features.Backbone(name="noisy", module=bb64.module, transform=noisy, cache_id="noisy")
+    quiet = Backbone(name="noisy", module=bb64.module, transform=noisy, cache_id="noisy")
     extract_features(paths, quiet, batch_size=8, cache_dir=False, progress=False, num_workers=2)
     assert "DECODER-WARNING" not in capfd.readouterr().err
     extract_features(paths, quiet, batch_size=8, cache_dir=False, progress=False, num_workers=0)
@@ -200,7 +202,7 @@ def test_old_npz_segments_are_still_read(bb64, reference, tmp_path, savez):
     cache = tmp_path / "cache"
     seg_dir = cache / "features" / bb64.cache_id
     seg_dir.mkdir(parents=True)
-    keys = [features.FeatureCache.file_key(p) for p in paths[:25]]
+    keys = [FeatureCache.file_key(p) for p in paths[:25]]
     savez(seg_dir / "0123abcd.npz", keys=np.asarray(keys), features=ref[:25])  # the old layout
     f1, n1 = extract_features(paths, bb64, batch_size=8, cache_dir=str(cache), progress=False, num_workers=0)
     assert n1 == 15 and np.array_equal(f1, ref)
@@ -269,7 +271,7 @@ def test_two_processes_caching_at_once(bb64, reference, tmp_path):
 def test_many_segments_are_compacted_and_readers_racing_it_find_every_row(tmp_path, monkeypatch):
     monkeypatch.setattr(features, "CHUNK_BYTES", 4 * 6 * 7)  # 7 rows a chunk: many chunks
     rng = np.random.default_rng(0)
-    cache = features.FeatureCache(str(tmp_path), "synthetic")
+    cache = FeatureCache(str(tmp_path), "synthetic")
     keys = np.array([f"{i:040x}" for i in range(400)])
     truth = rng.normal(size=(400, 6)).astype(np.float32)
     cache.save(keys[:200], truth[:200])  # the big one: compaction leaves it alone
@@ -324,7 +326,7 @@ def test_standardization_in_chunks_of_picked_rows_equals_numpy(monkeypatch):
 
 def test_resnet18_never_falls_back_to_a_random_network_silently(tmp_path):
     """Without its ImageNet weights (no cache, no connection) ResNet18 is a clear error naming weights=PATH."""
-    code = ("import noise_audit.core.features as f\n"
+    code = ("import noise_audit.core.backbones as f\n"
             "try:\n    f.get_backbone('resnet18')\nexcept f.NoiseAuditError as e:\n    print('ERROR', e)\n"
             "else:\n    print('LOADED')\n")
     # an empty torch cache and a proxy nobody listens on: the download fails here and anywhere
