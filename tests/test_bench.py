@@ -76,26 +76,3 @@ def test_growth_exponent():
     ns = [1000, 5000, 20000]
     assert speed.growth_exponent(ns, [2e-3 * n ** 1.5 for n in ns]) == pytest.approx(1.5)
 
-
-def test_doc_tables_bold_the_best_value_and_read_the_json():
-    sys.path.insert(0, str(BENCH))
-    import tables
-
-    assert tables.bold_best([{"mean": 0.91}, {"mean": 0.93}, {"mean": 0.9300001}], lambda v: f"{v['mean']:.3f}") == [
-        "0.910", "**0.930**", "**0.930**"]
-    results = {"summary": {"grid": [
-        {"scenario": "pair", "image_size": 224, "strategy": "pair", "rate": 0.1, "seeds": [0, 1],
-         "metrics": {s: {m: {"mean": 0.5 + 0.01 * i, "std": 0.0, "n": 2}
-                         for m in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")}
-                     for i, (s, _) in enumerate(tables.SIGNALS)}},
-        {"scenario": "pair", "image_size": 224, "strategy": "uniform", "rate": 0.1, "seeds": [0, 1],
-         "metrics": {s: {m: {"mean": 0.9 - 0.01 * i, "std": 0.0, "n": 2}
-                         for m in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")}
-                     for i, (s, _) in enumerate(tables.SIGNALS)}},
-    ]}}
-    entries = tables.grid_entries(results, "pair", 224)
-    assert [e["strategy"] for e in entries] == ["uniform", "pair"]
-    wins = tables.wins_table(entries)
-    # uniform: the score (first signal) is best; pair: the last signal (average influence) is.
-    assert wins[2].startswith("| uniform | 10% | corruption score 0.900 |")
-    assert wins[3].startswith("| pair | 10% | average influence 0.570 | 0.500 |")
