@@ -45,33 +45,42 @@ def tiny_classes(which):
     return sorted(p.name for p in (TINY / "train").iterdir() if p.is_dir())
 
 
-def cifar_root(tarball=None, dest=None):
-    """CIFAR-10 JPEGs (``train/<class>/*.jpg``, ``test/<class>/*.jpg``), unpacked once."""
-    dest = Path(dest or CIFAR_DIR)
-    if (dest / "train").is_dir() and (dest / "test").is_dir():
+def image_tree(data, dest=None):
+    """A folder of ``train/<class>/*`` beside ``test/`` or ``val/``: ``data`` itself, or the tarball
+    ``data`` unpacked once into ``dest`` (default ``.data/<its name>``)."""
+    data = Path(data)
+    if data.is_dir():
+        return data
+    dest = Path(dest or DATA / data.name.split(".")[0])
+    if (dest / "train").is_dir():
         return dest
-    tarball = Path(tarball or CIFAR_TAR)
-    if not tarball.is_file():
-        sys.exit(f"CIFAR-10 not found at {tarball} (../shared/data/cifar10-jpeg.tar.gz beside the repo)")
+    if not data.is_file():
+        sys.exit(f"{data} not found (the shared data live in ../shared/data beside the repo)")
     dest.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(dest)], check=True)
-    # The archive may hold a top folder; find the one with train/ and test/.
+    subprocess.run(["tar", "-xzf", str(data), "-C", str(dest)], check=True)
+    # The archive may hold a top folder; move what is in the one with train/ up.
     if not (dest / "train").is_dir():
         inner = [p for p in dest.iterdir() if (p / "train").is_dir()]
         if inner:
             for sub in inner[0].iterdir():
                 sub.rename(dest / sub.name)
-    print(f"unpacked {tarball.name} into {dest} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    print(f"unpacked {data.name} into {dest} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return dest
 
 
-def cifar_files(root, split, n=None, seed=0):
-    """``(paths, labels, classes)`` of a CIFAR split; ``n`` = stratified random subset."""
+def cifar_root():
+    """CIFAR-10 JPEGs (``train/<class>/*.jpg``, ``test/<class>/*.jpg``), unpacked once into ``.data/cifar10``."""
+    return image_tree(CIFAR_TAR, CIFAR_DIR)
+
+
+def split_files(root, split, n=None, seed=0, only=None):
+    """``(paths, labels, classes)`` of an image tree's ``<split>/<class>/*`` (CIFAR-10's ``train``
+    and ``test``, say); ``n`` = a stratified random subset; ``only`` = these classes."""
     import numpy as np
 
     root = Path(root)
-    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and (not only or p.name in only))
     paths, labels = [], []
     for i, c in enumerate(classes):
         files = sorted(str(p) for p in (root / split / c).iterdir())
@@ -85,6 +94,21 @@ def cifar_files(root, split, n=None, seed=0):
         keep = np.sort(keep)
         paths, labels = paths[keep], labels[keep]
     return paths, labels, classes
+
+
+def tiny_files(classes):
+    """``(paths, labels, is_test)`` of Tiny ImageNet's ``train/`` then ``val/`` (held out) images of
+    ``classes``, labelled by their place in ``classes``."""
+    import numpy as np
+
+    paths, labels, test = [], [], []
+    for split in ("train", "val"):
+        for i, c in enumerate(classes):
+            files = sorted(str(p) for p in (TINY / split / c).iterdir())
+            paths += files
+            labels += [i] * len(files)
+            test += [split == "val"] * len(files)
+    return np.array(paths), np.array(labels), np.array(test)
 
 
 def machine():

@@ -46,12 +46,11 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
 
-from _common import CIFAR_TAR, DATA, ROOT, machine, table, write_json
+from _common import CIFAR_TAR, DATA, ROOT, image_tree, machine, split_files, table, write_json
 
 GPU_DIR = DATA / "gpu"
 WHEELS = ("cleanlab==2.9.0", "termcolor==3.3.0", "efficientnet-lite-pytorch==0.1.0")
@@ -68,40 +67,6 @@ def library():
 
     return types.SimpleNamespace(blocks=blocks, features=features, flips=flips, head=head, metrics=metrics,
                                  pipeline=pipeline, scores=scores)
-
-
-# ---------------------------------------------------------------- data
-
-
-def data_root(data):
-    """A folder with ``train/<class>/*`` and ``test/`` or ``val/``; a ``.tar.gz`` is unpacked first."""
-    data = Path(data)
-    if data.is_dir():
-        return data
-    dest = DATA / data.name.split(".")[0]
-    if not any(dest.glob("*/train")) and not (dest / "train").is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["tar", "-xzf", str(data), "-C", str(dest)], check=True)
-    if (dest / "train").is_dir():
-        return dest
-    return next(p.parent for p in dest.glob("*/train"))
-
-
-def list_split(root, split, n=None, seed=0, only=None):
-    """``(paths, labels, classes)``; ``n`` = a stratified random subset; ``only`` = these classes."""
-    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and (not only or p.name in only))
-    paths, labels = [], []
-    for i, c in enumerate(classes):
-        files = sorted(str(p) for p in (root / split / c).iterdir())
-        paths += files
-        labels += [i] * len(files)
-    paths, labels = np.array(paths), np.array(labels)
-    if n is not None and n < len(paths):
-        rng = np.random.default_rng(seed)
-        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == i))[: n // len(classes)]
-                                       for i in range(len(classes))]))
-        paths, labels = paths[keep], labels[keep]
-    return paths, labels, classes
 
 
 class Clock:
@@ -219,10 +184,10 @@ def main():
 
     t_setup = time.perf_counter()
     lib = library()
-    root = data_root(args.data)
+    root = image_tree(args.data)
     test_split = "test" if (root / "test").is_dir() else "val"
-    tp, tl, classes = list_split(root, "train", args.n_train, args.seed, args.classes)
-    vp, vl, vclasses = list_split(root, test_split, args.n_test, args.seed, args.classes)
+    tp, tl, classes = split_files(root, "train", args.n_train, args.seed, args.classes)
+    vp, vl, vclasses = split_files(root, test_split, args.n_test, args.seed, args.classes)
     assert classes == vclasses, "train and test classes differ"
     paths = [str(p) for p in np.concatenate([tp, vp])]
     clean = np.concatenate([tl, vl])

@@ -17,25 +17,15 @@ import argparse
 import time
 
 import numpy as np
+from scipy.special import softmax
 
-from _common import ROOT, SEED_CLASSES, TINY, cifar_files, cifar_root, tiny_classes
+from _common import ROOT, SEED_CLASSES, cifar_root, split_files, tiny_classes, tiny_files
 
 STRATEGIES = ("uniform", "pair", "confusion", "influential")
 RATES = (0.05, 0.1, 0.2, 0.3)
 SEEDS = (0, 1, 2, 3, 4)
 DATA = ("pair224", "ten64", "cifar32")
 OUT = ROOT / ".cache" / "grid"
-
-
-def tiny_files(classes):
-    paths, labels, test = [], [], []
-    for split in ("train", "val"):
-        for i, c in enumerate(classes):
-            files = sorted(str(p) for p in (TINY / split / c).iterdir())
-            paths += files
-            labels += [i] * len(files)
-            test += [split == "val"] * len(files)
-    return np.array(paths), np.array(labels), np.array(test)
 
 
 def load(data):
@@ -50,8 +40,8 @@ def load(data):
         paths, y, test = tiny_files(classes)
     else:  # 5,000 CIFAR-10 training images and 1,000 held-out test images
         root = cifar_root()
-        p_tr, y_tr, classes = cifar_files(root, "train", 5000, seed=0)
-        p_te, y_te, _ = cifar_files(root, "test", 1000, seed=0)
+        p_tr, y_tr, classes = split_files(root, "train", 5000, seed=0)
+        p_te, y_te, _ = split_files(root, "test", 1000, seed=0)
         paths, y = np.concatenate([p_tr, p_te]), np.concatenate([y_tr, y_te])
         test = np.r_[np.zeros(len(p_tr), bool), np.ones(len(p_te), bool)]
         size = 32
@@ -88,25 +78,6 @@ def run_cell(raw, y, is_test, n_classes, seed, folds=5, flipped=None):
     return cells
 
 
-def softmax(z):
-    from scipy.special import softmax as sm
-
-    return sm(z, axis=1)
-
-
-def neighbours(raw, is_test, k=20):
-    """Each sample's ``k`` nearest neighbours (cosine, standardised features), itself excluded."""
-    from sklearn.neighbors import NearestNeighbors
-
-    from noise_audit.core import features as feats
-
-    mean, std = feats.standardization(raw, rows=~is_test)
-    x = (raw - mean) / std
-    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
-    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
-    return idx[:, 1:]
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", choices=DATA, default=list(DATA))
@@ -126,8 +97,6 @@ def main():
         if args.redo or not clean_file.is_file():
             np.savez(clean_file, y=y, is_test=is_test, **run_cell(raw, y, is_test, len(classes), 0))
         clean = np.load(clean_file)
-        if not (out / "neighbours.npy").is_file():
-            np.save(out / "neighbours.npy", neighbours(raw, is_test))
         print(f"[{data}] {len(y)} samples, {len(classes)} classes, features + clean audit "
               f"{time.perf_counter() - t:.1f} s", flush=True)
         train = np.flatnonzero(~is_test)
@@ -140,7 +109,7 @@ def main():
                     t = time.perf_counter()
                     idx, new = choose_flips(y[train], len(classes), rate, strategy, seed,
                                             influence=clean["average_influence"][train],
-                                            reference_probs=softmax(clean["oos_logits"][train]))
+                                            reference_probs=softmax(clean["oos_logits"][train], axis=1))
                     y_noisy = y.copy()
                     y_noisy[train[idx]] = new
                     flipped = y_noisy != y

@@ -17,6 +17,9 @@ the score's AP >= best single signal's AP - 0.005 and AUROC >= best - 0.002;
 its mean AP >= cleanlab label quality's mean AP + 0.03; expected calibration
 error <= 0.05 (10 bins) and |mean score - error rate| <= 0.03 per data set.
 
+The studies in ``bench/studies/`` read the grid through this module: ``stored_cells`` (the cells),
+``by_row`` (their data x strategy x rate rows) and ``pooled`` (calibration pooled over cells).
+
     python bench/quality_grid.py
 """
 
@@ -73,30 +76,51 @@ def rescore(stored):
     return c
 
 
-def load_cells():
-    cells = {}
+def stored_cells(part=None):
+    """``(data, strategy, rate, seed, path)`` of every cell stored in :data:`GRID`, in the grid's order
+    (``rate`` as the file name spells it); ``part="tuning"`` or ``"reported"`` keeps those only."""
     for data in DATA:
         for f in sorted((GRID / data).glob("*-*-*.npz")):
             strategy, rate, seed = f.stem.split("-")
-            c = rescore(np.load(f))
-            m = cell_metrics(c)
-            m.update(data=data, strategy=strategy, rate=float(rate), seed=int(seed),
-                     tuning=is_tuning(data, int(seed)))
-            m["_arrays"] = (c["corruption_score"], c["flipped"].astype(bool))
-            cells[f"{data}/{strategy}/{rate}/{seed}"] = m
+            if part is None or is_tuning(data, int(seed)) == (part == "tuning"):
+                yield data, strategy, rate, int(seed), f
+
+
+def load_cells():
+    cells = {}
+    for data, strategy, rate, seed, f in stored_cells():
+        c = rescore(np.load(f))
+        m = cell_metrics(c)
+        m.update(data=data, strategy=strategy, rate=float(rate), seed=seed, tuning=is_tuning(data, seed))
+        m["_arrays"] = (c["corruption_score"], c["flipped"].astype(bool))
+        cells[f"{data}/{strategy}/{rate}/{seed}"] = m
     return cells
+
+
+def by_row(keyed):
+    """``{(data, strategy, rate): [value, ...]}`` from ``(key, value)`` pairs whose key starts with data,
+    strategy and rate: the grid's rows, in its order (data and strategy as in :data:`DATA` and
+    :data:`STRATEGIES`, then rate); each row keeps its values' order."""
+    rows = {}
+    for key, value in keyed:
+        rows.setdefault(tuple(key[:3]), []).append(value)
+    return dict(sorted(rows.items(), key=lambda kv: (DATA.index(kv[0][0]), STRATEGIES.index(kv[0][1]), kv[0][2])))
+
+
+def pooled(pairs):
+    """``noise_audit.metrics.calibration`` of many cells' ``(score, flipped)`` arrays, pooled."""
+    from noise_audit.metrics import calibration
+
+    pairs = list(pairs)
+    return calibration(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
 
 
 def summarize(cells, tuning=False):
     """Per data x strategy x rate, mean over the reported seeds (or the tuning
     cells, with ``tuning``); targets checked."""
-    groups = {}
-    for c in cells.values():
-        if c["tuning"] == tuning:
-            groups.setdefault((c["data"], c["strategy"], c["rate"]), []).append(c)
     rows = []
-    for (data, strategy, rate), members in sorted(groups.items(), key=lambda kv: (DATA.index(kv[0][0]),
-                                                                                  STRATEGIES.index(kv[0][1]), kv[0][2])):
+    chosen = (((c["data"], c["strategy"], c["rate"]), c) for c in cells.values() if c["tuning"] == tuning)
+    for (data, strategy, rate), members in by_row(chosen).items():
         mean = lambda f: float(np.mean([f(m) for m in members]))  # noqa: E731
         ap = {s: mean(lambda m: m["detection"][s]["average_precision"]) for s in ("corruption_score", *SINGLES)}
         auroc = {s: mean(lambda m: m["detection"][s]["auroc"]) for s in ("corruption_score", *SINGLES)}
@@ -120,16 +144,12 @@ def summarize(cells, tuning=False):
 
 def pooled_calibration(cells):
     """Per data set, over all its reported cells: ECE and the reliability diagram's points."""
-    from noise_audit.metrics import calibration
-
     out = {}
     for data in DATA:
         arrays = [c["_arrays"] for c in cells.values() if c["data"] == data and not c["tuning"]]
         if not arrays:
             continue
-        p = np.concatenate([a[0] for a in arrays])
-        t = np.concatenate([a[1] for a in arrays])
-        out[data] = calibration(p, t)
+        out[data] = pooled(arrays)
         out[data]["max_abs_mean_gap"] = max(abs(c["calibration"]["mean_score"] - c["calibration"]["error_rate"])
                                             for c in cells.values() if c["data"] == data and not c["tuning"])
     return out

@@ -28,7 +28,7 @@ import time
 import numpy as np
 from scipy.special import softmax
 
-from _common import cifar_files, cifar_root, machine, table, write_json
+from _common import cifar_root, machine, split_files, table, write_json
 
 FOLDS, L2, JITTER = 5, 3.0, 0.05
 
@@ -49,8 +49,8 @@ def base_features():
     from noise_audit.core import features
 
     root = cifar_root()
-    tp, tl, _ = cifar_files(root, "train")
-    vp, vl, _ = cifar_files(root, "test")
+    tp, tl, _ = split_files(root, "train")
+    vp, vl, _ = split_files(root, "test")
     raw, computed = features.extract_features(list(tp) + list(vp), features.get_backbone(image_size=32), progress=True)
     return raw, np.concatenate([tl, vl])
 

@@ -13,9 +13,7 @@ import time
 
 import numpy as np
 
-from _common import SEED_CLASSES, TINY, machine, require_data, table, write_json
-
-METRICS = ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")
+from _common import METRICS, SEED_CLASSES, TINY, machine, require_data, table, write_json
 
 
 def main():

@@ -45,8 +45,8 @@ import time
 
 import numpy as np
 
-from _common import (RESULTS, ROOT, SEED_CLASSES, TINY, cifar_files, cifar_root, machine, require_data, table,
-                     write_json)
+from _common import (RESULTS, ROOT, SEED_CLASSES, TINY, cifar_root, machine, require_data, split_files, table,
+                     tiny_files, write_json)
 
 ESTIMATORS = ("linear", "direct", "cg", "lissa", "arnoldi", "ekfac", "nystroem")
 SIZES = (1000, 5000, 20000, 50000, 100000, 200000)
@@ -94,18 +94,11 @@ def seed_pair_model(seed=0, rate=0.1):
     from noise_audit.core.auditing import DEFAULT_L2
     from noise_audit.noise import choose_flips
 
-    paths, labels, is_test = [], [], []
-    for split in ("train", "val"):
-        for i, c in enumerate(SEED_CLASSES):
-            files = sorted(str(p) for p in (TINY / split / c).iterdir())
-            paths += files
-            labels += [i] * len(files)
-            is_test += [split == "val"] * len(files)
-    labels, is_test = np.array(labels), np.array(is_test)
+    paths, labels, is_test = tiny_files(SEED_CLASSES)
     tr = np.flatnonzero(~is_test)
     idx, new = choose_flips(labels[tr], len(SEED_CLASSES), rate, "uniform", seed)
     labels[tr[idx]] = new
-    raw, _ = features.extract_features(paths, features.get_backbone(), progress=True)
+    raw, _ = features.extract_features(list(paths), features.get_backbone(), progress=True)
     mean, std = raw[~is_test].mean(0), raw[~is_test].std(0) + 1e-6
     x = ((raw - mean) / std).astype(np.float64)
     xtr, ytr, xte, yte = x[~is_test], labels[~is_test], x[is_test], labels[is_test]
@@ -223,8 +216,8 @@ def cifar_dataset(root, n_max=CIFAR_TRAIN):
         if len(ds) == CIFAR_TRAIN * n_replicas + CIFAR_TEST:
             return ds
         ds.delete()
-    tp, tl, classes = cifar_files(root, "train")
-    vp, vl, _ = cifar_files(root, "test", n=CIFAR_TEST)
+    tp, tl, classes = split_files(root, "train")
+    vp, vl, _ = split_files(root, "test", n=CIFAR_TEST)
     rank = np.random.default_rng(0).permutation(len(tp))
     samples = []
     for r in range(n_replicas):
@@ -299,8 +292,8 @@ def part_scaling(sizes, on_point=None):
     from noise_audit.core import features
 
     root = cifar_root()
-    tp, _, _ = cifar_files(root, "train")
-    vp, _, _ = cifar_files(root, "test", n=CIFAR_TEST)
+    tp, _, _ = split_files(root, "train")
+    vp, _, _ = split_files(root, "test", n=CIFAR_TEST)
     bb = features.get_backbone(image_size=CIFAR_SIZE)
     paths = list(tp) + list(vp)
     for r in range(1, -(-max(sizes) // CIFAR_TRAIN)):

@@ -77,25 +77,56 @@ def test_growth_exponent():
     assert speed.growth_exponent(ns, [2e-3 * n ** 1.5 for n in ns]) == pytest.approx(1.5)
 
 
-def test_doc_tables_bold_the_best_value_and_read_the_json():
-    sys.path.insert(0, str(BENCH))
-    import tables
 
-    assert tables.bold_best([{"mean": 0.91}, {"mean": 0.93}, {"mean": 0.9300001}], lambda v: f"{v['mean']:.3f}") == [
-        "0.910", "**0.930**", "**0.930**"]
-    results = {"summary": {"grid": [
-        {"scenario": "pair", "image_size": 224, "strategy": "pair", "rate": 0.1, "seeds": [0, 1],
-         "metrics": {s: {m: {"mean": 0.5 + 0.01 * i, "std": 0.0, "n": 2}
-                         for m in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")}
-                     for i, (s, _) in enumerate(tables.SIGNALS)}},
-        {"scenario": "pair", "image_size": 224, "strategy": "uniform", "rate": 0.1, "seeds": [0, 1],
-         "metrics": {s: {m: {"mean": 0.9 - 0.01 * i, "std": 0.0, "n": 2}
-                         for m in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")}
-                     for i, (s, _) in enumerate(tables.SIGNALS)}},
-    ]}}
-    entries = tables.grid_entries(results, "pair", 224)
-    assert [e["strategy"] for e in entries] == ["uniform", "pair"]
-    wins = tables.wins_table(entries)
-    # uniform: the score (first signal) is best; pair: the last signal (average influence) is.
-    assert wins[2].startswith("| uniform | 10% | corruption score 0.900 |")
-    assert wins[3].startswith("| pair | 10% | average influence 0.570 | 0.500 |")
+def test_split_files_is_a_seeded_stratified_subset():
+    """_common.split_files, the one lister of gpu.py, grid_signals.py, speed.py and scale_out.py."""
+    sys.path.insert(0, str(BENCH))
+    import _common
+
+    paths, _, classes = _common.split_files(FIXTURES, "train")
+    assert classes == ["airplane", "frog", "truck"] and len(paths) == 150
+    sub, sub_labels, sub_classes = _common.split_files(FIXTURES, "train", n=20, seed=1, only=["truck", "frog"])
+    assert sub_classes == ["frog", "truck"]
+    assert np.bincount(sub_labels).tolist() == [10, 10]
+    assert set(sub) <= set(paths) and list(sub) == sorted(sub)
+    assert all(Path(p).parent.name == sub_classes[y] for p, y in zip(sub, sub_labels))
+    again, _, _ = _common.split_files(FIXTURES, "train", n=20, seed=1, only=["truck", "frog"])
+    other, _, _ = _common.split_files(FIXTURES, "train", n=20, seed=2, only=["truck", "frog"])
+    assert list(again) == list(sub) and list(other) != list(sub)
+
+
+def test_grid_readers_shared_by_the_studies(tmp_path, monkeypatch):
+    """quality_grid's stored_cells, by_row and pooled, which bench/studies/limits.py reads the grid with."""
+    sys.path.insert(0, str(BENCH))
+    import quality_grid as qg
+
+    from noise_audit.metrics import calibration
+
+    for data, names in (("cifar32", ("uniform-0.2-1", "pair-0.05-0", "uniform-0.05-3", "clean")),
+                        ("ten64", ("uniform-0.1-2", "uniform-0.1-0", "pair-0.1-1"))):
+        (tmp_path / data).mkdir()
+        for name in names:
+            (tmp_path / data / f"{name}.npz").write_bytes(b"")
+    monkeypatch.setattr(qg, "GRID", tmp_path)
+
+    def cells(part=None):
+        return [c[:4] for c in qg.stored_cells(part)]
+
+    assert cells() == [("ten64", "pair", "0.1", 1), ("ten64", "uniform", "0.1", 0), ("ten64", "uniform", "0.1", 2),
+                       ("cifar32", "pair", "0.05", 0), ("cifar32", "uniform", "0.05", 3),
+                       ("cifar32", "uniform", "0.2", 1)]
+    assert cells("tuning") == [("ten64", "pair", "0.1", 1), ("ten64", "uniform", "0.1", 0)]
+    assert cells("reported") == [c for c in cells() if c not in cells("tuning")]
+
+    rows = qg.by_row([(("cifar32", "uniform", 0.2, 0), "a"), (("pair224", "pair", 0.1, 0), "b"),
+                      (("cifar32", "uniform", 0.05, 1), "c"), (("cifar32", "uniform", 0.2, 1), "d"),
+                      (("pair224", "uniform", 0.1, 2), "e")])
+    assert list(rows.items()) == [(("pair224", "uniform", 0.1), ["e"]), (("pair224", "pair", 0.1), ["b"]),
+                                  (("cifar32", "uniform", 0.05), ["c"]), (("cifar32", "uniform", 0.2), ["a", "d"])]
+
+    # pooled over the cells' samples, not the mean of each cell's calibration
+    pairs = [(np.full(10, 0.9), np.arange(10) < 9), (np.full(40, 0.9), np.arange(40) < 4)]
+    got = qg.pooled(iter(pairs))
+    assert got == calibration(np.r_[pairs[0][0], pairs[1][0]], np.r_[pairs[0][1], pairs[1][1]])
+    assert got["error_rate"] == pytest.approx(13 / 50) and got["ece"] == pytest.approx(0.9 - 13 / 50)
+    assert np.mean([calibration(*p)["ece"] for p in pairs]) == pytest.approx((0.0 + 0.8) / 2)

@@ -17,28 +17,29 @@ so its answers are upper bounds that no truth-free rule can beat.
    (the share flipped). If the inputs do not move while the share flipped goes from 0 to 25%, no
    estimator of that share can be calibrated there. And the pooled ECE without those cells.
 
-    python bench/limits_study.py        # prints tables, writes bench/results/limits_study.json
+The grid's cells, their rows, the pooled calibration and the constants come from
+``bench/quality_grid.py`` (``stored_cells``, ``by_row``, ``pooled``), so both read the grid one way.
+
+    python bench/studies/limits.py      # prints tables, writes bench/results/limits_study.json
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from _common import table, write_json
-import quality_grid
-from quality_grid import DATA, GRID, HIGH, STRATEGIES, TUNING, is_tuning
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common and quality_grid
+from _common import table, write_json  # noqa: E402
+import quality_grid as qg  # noqa: E402
+from quality_grid import DATA, GRID, HIGH, STRATEGIES, by_row, pooled, stored_cells  # noqa: E402
 
 WEIGHTS = np.round(np.linspace(0, 1, 21), 2)
-SINGLES = {s: HIGH[s] for s in quality_grid.SINGLES}  # each single signal, oriented high = suspicious
+SINGLES = {s: HIGH[s] for s in qg.SINGLES}  # each single signal, oriented high = suspicious
 
 
 def reported_cells():
     """(data, strategy, rate, seed) -> stored arrays, the tuning cells left out."""
-    cells = {}
-    for data in DATA:
-        for f in sorted((GRID / data).glob("*-*-*.npz")):
-            strategy, rate, seed = f.stem.split("-")
-            if is_tuning(data, int(seed)):
-                continue
-            cells[data, strategy, float(rate), int(seed)] = dict(np.load(f))
-    return cells
+    return {(data, strategy, float(rate), seed): dict(np.load(f))
+            for data, strategy, rate, seed, f in stored_cells("reported")}
 
 
 def weighted_rankings(c):
@@ -61,27 +62,24 @@ def ranking_bounds(cells):
         m.update({s: detection_metrics(sign * c[s], t) for s, sign in SINGLES.items()})
         per_cell[key] = m
     rows = []
-    for data in DATA:
-        for strategy in STRATEGIES:
-            for rate in sorted({k[2] for k in cells if k[:2] == (data, strategy)}):
-                members = [m for k, m in per_cell.items() if k[:3] == (data, strategy, rate)]
-                mean = lambda name, metric: float(np.mean([m[name][metric] for m in members]))  # noqa: E731
-                best_ap = max(mean(s, "average_precision") for s in SINGLES)
-                best_auroc = max(mean(s, "auroc") for s in SINGLES)
-                ap = {w: mean(f"w={w}", "average_precision") for w in WEIGHTS}
-                auroc = {w: mean(f"w={w}", "auroc") for w in WEIGHTS}
-                oracle = max(WEIGHTS, key=ap.get)
-                rows.append({
-                    "data": data, "strategy": strategy, "rate": rate, "seeds": len(members),
-                    "best_single_ap": best_ap, "best_single_auroc": best_auroc,
-                    "ap_at_0.5": ap[0.5], "oracle_weight": float(oracle), "ap_at_oracle": ap[oracle],
-                    "auroc_at_oracle": auroc[oracle],
-                    "ap_met_at_0.5": ap[0.5] >= best_ap - 0.005,
-                    "ap_met_by_some_weight": any(v >= best_ap - 0.005 for v in ap.values()),
-                    "both_met_by_some_weight": any(ap[w] >= best_ap - 0.005 and auroc[w] >= best_auroc - 0.002
-                                                   for w in WEIGHTS),
-                    "best_single_auroc_is_near_chance": best_auroc < 0.6,
-                })
+    for (data, strategy, rate), members in by_row(per_cell.items()).items():
+        mean = lambda name, metric: float(np.mean([m[name][metric] for m in members]))  # noqa: E731
+        best_ap = max(mean(s, "average_precision") for s in SINGLES)
+        best_auroc = max(mean(s, "auroc") for s in SINGLES)
+        ap = {w: mean(f"w={w}", "average_precision") for w in WEIGHTS}
+        auroc = {w: mean(f"w={w}", "auroc") for w in WEIGHTS}
+        oracle = max(WEIGHTS, key=ap.get)
+        rows.append({
+            "data": data, "strategy": strategy, "rate": rate, "seeds": len(members),
+            "best_single_ap": best_ap, "best_single_auroc": best_auroc,
+            "ap_at_0.5": ap[0.5], "oracle_weight": float(oracle), "ap_at_oracle": ap[oracle],
+            "auroc_at_oracle": auroc[oracle],
+            "ap_met_at_0.5": ap[0.5] >= best_ap - 0.005,
+            "ap_met_by_some_weight": any(v >= best_ap - 0.005 for v in ap.values()),
+            "both_met_by_some_weight": any(ap[w] >= best_ap - 0.005 and auroc[w] >= best_auroc - 0.002
+                                           for w in WEIGHTS),
+            "best_single_auroc_is_near_chance": best_auroc < 0.6,
+        })
     return rows
 
 
@@ -106,11 +104,13 @@ def identifiability(cells):
     clean = dict(np.load(GRID / "cifar32" / "clean.npz"))
     clean["y_noisy"] = clean["y"]
     rows = [{"strategy": "none (clean audit)", "rate": 0.0, **seen(clean)}]
+    cifar32 = by_row((k, c) for k, c in cells.items() if k[0] == "cifar32")
     for strategy in ("confusion", "uniform", "influential"):
-        for rate in sorted({k[2] for k in cells if k[:2] == ("cifar32", strategy)}):
-            members = [seen(c) for k, c in cells.items() if k[:3] == ("cifar32", strategy, rate)]
-            rows.append({"strategy": strategy, "rate": rate,
-                         **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
+        for (_, s, rate), stored in cifar32.items():
+            if s == strategy:
+                members = [seen(c) for c in stored]
+                rows.append({"strategy": strategy, "rate": rate,
+                             **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
     return rows
 
 
@@ -121,16 +121,14 @@ def temperature_against_raw():
     from noise_audit.metrics import detection_metrics
 
     acc = {}
-    for data in DATA:
-        for f in sorted((GRID / data).glob("*-*-*.npz")):
-            strategy, _, seed = f.stem.split("-")
-            part = "tuning" if is_tuning(data, int(seed)) else "reported"
-            c = np.load(f)
-            y, t = c["y_noisy"], c["flipped"].astype(bool)
-            temp = scores.temperature(c["oos_logits"], y)
-            for view, logits in (("at temperature", c["clean_oos_logits"] / temp), ("raw", c["clean_oos_logits"])):
-                ap = detection_metrics(scores.given_label_loss(logits, y), t)["average_precision"]
-                acc.setdefault((data, part, strategy, view), []).append(ap)
+    for data, strategy, _, seed, f in stored_cells():
+        part = "tuning" if qg.is_tuning(data, seed) else "reported"
+        c = np.load(f)
+        y, t = c["y_noisy"], c["flipped"].astype(bool)
+        temp = scores.temperature(c["oos_logits"], y)
+        for view, logits in (("at temperature", c["clean_oos_logits"] / temp), ("raw", c["clean_oos_logits"])):
+            ap = detection_metrics(scores.given_label_loss(logits, y), t)["average_precision"]
+            acc.setdefault((data, part, strategy, view), []).append(ap)
     rows = []
     for (data, part, strategy, view), aps in acc.items():
         if view == "raw":
@@ -146,13 +144,9 @@ def noise_prior_on_tuning_cells(alphas=(0.0, 0.1, 0.25, 0.5, 1.0)):
     from scipy.special import softmax
 
     from noise_audit.core import scores
-    from noise_audit.metrics import calibration
 
     scored = {a: {} for a in alphas}
-    for f in sorted((GRID / TUNING["data"]).glob("*-*-*.npz")):
-        strategy, _, seed = f.stem.split("-")
-        if int(seed) not in TUNING["seeds"]:
-            continue
+    for _, strategy, _, _, f in stored_cells("tuning"):
         c = np.load(f)
         y, test = c["y_noisy"], c["is_test"].astype(bool)
         _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(y, softmax(c["oos_logits"], axis=1))
@@ -163,22 +157,16 @@ def noise_prior_on_tuning_cells(alphas=(0.0, 0.1, 0.25, 0.5, 1.0)):
             scored[a].setdefault(strategy, []).append((score, c["flipped"].astype(bool)))
     rows = []
     for a, per in scored.items():
-        pairs = [pair for v in per.values() for pair in v]
-        row = {"alpha": a, "ece": calibration(np.concatenate([p[0] for p in pairs]),
-                                              np.concatenate([p[1] for p in pairs]))["ece"]}
+        row = {"alpha": a, "ece": pooled(pair for v in per.values() for pair in v)["ece"]}
         for strategy, v in per.items():
-            cal = calibration(np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]))
+            cal = pooled(v)
             row[strategy] = {"ece": cal["ece"], "mean_score": cal["mean_score"], "error_rate": cal["error_rate"]}
         rows.append(row)
     return rows
 
 
 def pooled_ece(cells, keep):
-    from noise_audit.metrics import calibration
-
-    chosen = [c for k, c in cells.items() if keep(k)]
-    return calibration(np.concatenate([c["corruption_score"] for c in chosen]),
-                       np.concatenate([c["flipped"] for c in chosen]).astype(bool))["ece"]
+    return pooled((c["corruption_score"], c["flipped"].astype(bool)) for k, c in cells.items() if keep(k))["ece"]
 
 
 def main():
