@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import fiftyone as fo
 
 import noise_audit as na
 from noise_audit.app import views as nav

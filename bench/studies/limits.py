@@ -44,10 +44,10 @@ def reported_cells():
 
 def weighted_rankings(c):
     """The score's ranking at every weight of :data:`WEIGHTS` (as ``scores.corruption_score`` builds it)."""
-    from noise_audit.core import scores
+    from noise_audit.core import noise_model, scores
 
     y = c["y_noisy"]
-    t = scores.loss_view_temperature(y, c["clean_oos_logits"], scores.temperature(c["oos_logits"], y), c["is_test"])
+    t = scores.loss_view_temperature(y, c["clean_oos_logits"], noise_model.temperature(c["oos_logits"], y), c["is_test"])
     clean_loss = scores.given_label_loss(np.asarray(c["clean_oos_logits"], float) / t, y)
     return {w: scores.ranking_score(c["average_influence"], clean_loss, w) for w in WEIGHTS}
 
@@ -117,7 +117,7 @@ def identifiability(cells):
 def temperature_against_raw():
     """Mean AP of the ranking's loss view at the first folds' temperature and at the raw logits, per data
     set and strategy (all rates and seeds; tuning and reported cells apart)."""
-    from noise_audit.core import scores
+    from noise_audit.core import noise_model, scores
     from noise_audit.metrics import detection_metrics
 
     acc = {}
@@ -125,7 +125,7 @@ def temperature_against_raw():
         part = "tuning" if qg.is_tuning(data, seed) else "reported"
         c = np.load(f)
         y, t = c["y_noisy"], c["flipped"].astype(bool)
-        temp = scores.temperature(c["oos_logits"], y)
+        temp = noise_model.temperature(c["oos_logits"], y)
         for view, logits in (("at temperature", c["clean_oos_logits"] / temp), ("raw", c["clean_oos_logits"])):
             ap = detection_metrics(scores.given_label_loss(logits, y), t)["average_precision"]
             acc.setdefault((data, part, strategy, view), []).append(ap)
@@ -143,17 +143,17 @@ def noise_prior_on_tuning_cells(alphas=(0.0, 0.1, 0.25, 0.5, 1.0)):
     from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
     from scipy.special import softmax
 
-    from noise_audit.core import scores
+    from noise_audit.core import noise_model
 
     scored = {a: {} for a in alphas}
     for _, strategy, _, _, f in stored_cells("tuning"):
         c = np.load(f)
         y, test = c["y_noisy"], c["is_test"].astype(bool)
         _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(y, softmax(c["oos_logits"], axis=1))
-        probs = scores.recalibrated_probs(c["clean_oos_logits"], y, test)
+        probs = noise_model.recalibrated_probs(c["clean_oos_logits"], y, test)
         for a in alphas:
-            noise = scores.fit_noise_matrix(y[~test], probs[~test], start, prior=a)
-            score = scores.calibrate(c["ranking"], scores.noise_posterior(y, probs, noise))
+            noise = noise_model.fit_noise_matrix(y[~test], probs[~test], start, prior=a)
+            score = noise_model.calibrate(c["ranking"], noise_model.noise_posterior(y, probs, noise))
             scored[a].setdefault(strategy, []).append((score, c["flipped"].astype(bool)))
     rows = []
     for a, per in scored.items():

@@ -166,7 +166,7 @@ def fit_noise_matrix(labels: npt.ArrayLike, pred_probs: np.ndarray, start: npt.A
     misjudges its amount). ``prior`` > 0 makes it a posterior mode instead: a
     Dirichlet prior toward no noise, ``prior`` times each true class's expected
     count added to its diagonal (the audit uses 0: on the tuning cells any
-    prior made the calibration worse, ``bench/limits_study.py``).
+    prior made the calibration worse, ``bench/studies/limits.py``).
     """
     labels = np.asarray(labels)
     n_classes = pred_probs.shape[1]

@@ -196,7 +196,7 @@ def suspects(score: np.ndarray, n: int) -> np.ndarray:
     Not cleanlab's count, nor ``score >= 0.5``: on the quality grid's 48
     reported rows the expected number finds flips with a mean F1 of 0.612
     against 0.580 and 0.561 (chosen on the tuning cells, 0.721 against 0.712
-    and 0.664 under the calibration of the time: ``bench/flag_study.py``).
+    and 0.664 under the calibration of the time: the flag study, docs/benchmarks.md).
     Under a weak head cleanlab's count can be several times the true one (a
     third of CIFAR-10 at 32 px with 5% flips)."""
     return flag_top(score, n)
