@@ -79,6 +79,14 @@ SECTIONS = [
 
 
 def esc(x: object) -> str:
+    """``x`` as HTML text or attribute value: the one HTML escape of noise-audit.
+
+    Every name from the data (dataset, label field, class names, file paths,
+    the run key, config values) goes through it before it reaches the page
+    (``&``, ``<``, ``>``, ``"`` and ``'`` become character references), so a
+    class named ``<img src=x onerror=...>`` shows as that text. The App's
+    histogram legends use it too (plotly reads trace names as HTML).
+    """
     return html.escape(str(x), quote=True)
 
 
@@ -180,7 +188,7 @@ def _data(s, figs, card):
     how = {"tags": f"samples tagged {', '.join(split.get('tags', []))}",
            "tag": f"samples tagged {split.get('tag')}",
            "view": "a view passed to the audit",
-           "stratified_split": f"a stratified {fnum(split.get('fraction'), 'pct')} split (seed {split.get('seed')})"}.get(kind, esc(split))
+           "stratified_split": f"a stratified {fnum(split.get('fraction'), 'pct')} split (seed {split.get('seed')})"}.get(kind, str(split))
     rows = [[esc(c), fnum(v["train"]), fnum(v["held_out"]), fnum(v["total"])] for c, v in d["class_counts"].items()]
     out = [f'<p class="lead">What was audited. The held-out set (for average influence and the head\'s validation '
            f'curve) is {esc(how)}. Images below are random training samples of each given label.</p>',
