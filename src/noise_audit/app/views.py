@@ -33,6 +33,7 @@ from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import SHOWN
 from noise_audit.store.fields import is_own_field
+from noise_audit.store.labels import labels_changed
 from noise_audit.metrics import evaluate
 from noise_audit.reports.html import esc
 from noise_audit.reports.markdown import md
@@ -207,6 +208,7 @@ def summary(samples: SampleCollection, key: str, truth_field: str | None = None)
         "test_accuracy": getattr(results, "test_accuracy", None),
         "classes": list(results.classes), "timings": dict(getattr(config, "timings", {}) or {}),
         "truth_field": truth_field, "metrics": {},
+        "labels_changed": (labels_changed(samples._dataset, key) or {}).get("message"),  # None: as audited
     }
     if truth_field:
         for signal in SIGNALS:
@@ -225,6 +227,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
              "The corruption score is the estimated probability that the given label is wrong "
              "(0.7: about seven in ten labels scored so are wrong).",
              f"Backbone {md(s['backbone'])}, influence by {md(s['influence_method'])}."]
+    if s.get("labels_changed"):
+        lines.insert(0, f"**Warning:** {md(s['labels_changed'])}")
     if s["truth_field"]:
         m = s["metrics"]["corruption_score"]
         lines.append(f"Against {md(s['truth_field'])} ({m['k']} flipped): corruption score AUROC **{m['auroc']:.3f}**, "

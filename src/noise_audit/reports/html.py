@@ -63,6 +63,7 @@ figcaption .lab { font-size:13.5px; font-weight:700; }
 .tag { display:inline-block; font-size:11px; font-weight:700; border-radius:3px; padding:0 4px; color:#fff; margin-right:3px; }
 .tag.flip { background:var(--flip); } .tag.clean { background:var(--clean); } .tag.sus { background:var(--suspect); }
 .tag.rank { background:#444; }
+p.warn { background:#fff4e0; border-left:4px solid var(--suspect); padding:8px 12px; margin:0 0 12px; font-weight:600; }
 .muted { color:var(--muted); }
 .pair { display:flex; gap:28px; flex-wrap:wrap; margin-bottom:10px; }
 .pair > div > h4 { margin:4px 0 6px; font-size:13px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
@@ -178,7 +179,8 @@ def _overview(s):
             f"<code>{esc(o['key'])}_suspect</code>).")
     if o["n_in_report"] != o["n_samples"]:
         note += f" This report shows the {fnum(o['n_in_report'])} audited samples in the given view."
-    return f'<p class="lead">{note}</p><div class="tiles">{html_tiles}</div>'
+    warn = f'<p class="warn">Warning: {esc(o["labels_changed"])}</p>' if o.get("labels_changed") else ""
+    return f'{warn}<p class="lead">{note}</p><div class="tiles">{html_tiles}</div>'
 
 
 def _data(s, figs, card):

@@ -71,6 +71,7 @@ def render_markdown(s: Mapping[str, Any]) -> str:
     out = [
         f"# Noise audit: {md(o['dataset'])} / {md(o['key'])}",
         "",
+        *([f"> **Warning:** {md(o['labels_changed'])}", ""] if o.get("labels_changed") else []),
         f"- label field: {md(o['label_field'])}; {fnum(o['n_samples'])} samples ({fnum(o['n_train'])} train, "
         f"{fnum(o['n_held_out'])} held-out), {fnum(o['n_classes'])} classes",
         f"- **estimated label errors: {fnum(o['num_label_issues'])} ({fnum(o['label_error_rate'], 'pct')})**",
