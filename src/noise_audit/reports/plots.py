@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -329,7 +330,10 @@ class Thumbnails:
         from PIL import Image
 
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():  # a decompression bomb is not shown (it is not decoded either)
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
                 im = im.convert("RGB")
                 im.thumbnail((self.max_side, self.max_side))
                 buf = io.BytesIO()
