@@ -199,7 +199,7 @@ class NoiseAuditPanel(foo.Panel):
             table = types.TableView()
             for col, label in METRIC_COLUMNS:
                 table.add_column(col, label=label)
-            panel.list("metrics", types.Object(), view=table, label=f"Detection of flips in `{truth}`")
+            panel.list("metrics", types.Object(), view=table, label=f"Detection of flips in {md(truth)}")
 
         for signal, title in HISTOGRAMS.items():
             handler = self.on_score_bar_click if signal == "corruption_score" else self.on_influence_bar_click
@@ -226,7 +226,7 @@ class NoiseAuditPanel(foo.Panel):
                      name="explain_hint")
             return
         if "error" in explanation:
-            panel.view("explain_error", types.Notice(label=explanation["error"]))
+            panel.view("explain_error", types.Notice(label=md(explanation["error"])))  # the App renders it as Markdown
             return
         panel.md(f"#### Why {md(explanation['label'])}?\nThe training images that most support (▲) and most "
                  "oppose (▼) the selected sample's label, with their influence on its loss.", name="explain_title")

@@ -233,3 +233,16 @@ def test_the_audit_key_rule_keeps_field_names_valid(make_small_dataset):
     assert ds.list_runs() == [] and not [f for f in ds.get_field_schema() if f.startswith(("a_", "_a"))]
     for key in ("a", "a_b", "A1_2b"):
         assert audit_fields(key)["corruption_score"].startswith(key + "_")
+
+
+def test_operator_forms_show_messages_as_literal_markdown(hostile, plugins_dir):
+    """The App renders a form notice's label as Markdown: a message that names a key or a field
+    from the data must not become a link there."""
+    from test_plugin import form
+
+    bad_key = "[click](javascript:alert(1))<img src=x>"
+    properties = form("run_noise_audit", hostile["ds"], label_field=LABEL_FIELD, key=bad_key)
+    label = properties["error"].view.label
+    assert label.startswith("key must be letters") and bad_key not in label
+    page = Parsed(markdown_to_html(label))
+    assert {t for t, _ in page.tags} == {"p"} and page.shows(repr(bad_key))
