@@ -27,6 +27,7 @@ from noise_audit.core.data import classification_fields
 from noise_audit.errors import NoiseAuditError
 from noise_audit.methods import BACKBONES, METHODS
 from noise_audit.noise import STRATEGIES, check_targets, default_noisy_field, injected_fields
+from noise_audit.reports.markdown import md
 from noise_audit.store.runs import check_key, list_audits
 
 from .panel import NoiseAuditPanel
@@ -60,8 +61,11 @@ def given(ctx, names):
 
 
 def _error(inputs, message, name="error"):
-    """Shows ``message`` and marks the form invalid (execution is refused)."""
-    prop = inputs.view(name, types.Error(label=message))
+    """Shows ``message`` and marks the form invalid (execution is refused).
+
+    The App renders a notice's label as Markdown, and messages name fields,
+    keys and paths from the data: escaped (:func:`noise_audit.reports.markdown.md`)."""
+    prop = inputs.view(name, types.Error(label=md(message)))
     prop.invalid, prop.error_message = True, message
 
 
@@ -331,7 +335,7 @@ class DeleteNoiseAudit(foo.Operator):
         key = _audit_key_input(ctx, inputs)
         if key:
             fields = ", ".join(na.audit_fields(key).values())
-            inputs.bool("confirm", default=False, required=True, label=f"Delete audit {key!r} and its fields: {fields}",
+            inputs.bool("confirm", default=False, required=True, label=md(f"Delete audit {key!r} and its fields: {fields}"),
                         view=types.CheckboxView())
             if not ctx.params.get("confirm"):
                 inputs.view("confirm_hint", types.Warning(label="Tick the box to confirm; this cannot be undone"))

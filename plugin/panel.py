@@ -14,6 +14,7 @@ import noise_audit as na
 from noise_audit.app import views as nav
 from noise_audit.app.plugin_install import PLUGIN_NAME as PLUGIN
 from noise_audit.errors import NoiseAuditError
+from noise_audit.reports.markdown import md
 from noise_audit.store.runs import list_audits
 
 NO_TRUTH = "(none)"
@@ -128,19 +129,7 @@ class NoiseAuditPanel(foo.Panel):
         self._explain(ctx)
 
     def _summary_md(self, s):
-        share = s["num_label_issues"] / max(s["n_samples"], 1)
-        acc = f", test accuracy {s['test_accuracy']:.1%}" if s.get("test_accuracy") is not None else ""
-        lines = [f"**{s['n_samples']}** samples audited on `{s['label_field']}` ({len(s['classes'])} classes){acc}. "
-                 f"the audit estimates **{s['num_label_issues']}** label errors ({share:.1%}, the sum of the scores); "
-                 f"**{s['n_flagged']}** samples flagged as suspects.",
-                 "The corruption score is the estimated probability that the given label is wrong "
-                 "(0.7: about seven in ten labels scored so are wrong).",
-                 f"Backbone `{s['backbone']}`, influence by `{s['influence_method']}`."]
-        if s["truth_field"]:
-            m = s["metrics"]["corruption_score"]
-            lines.append(f"Against `{s['truth_field']}` ({m['k']} flipped): corruption score AUROC **{m['auroc']:.3f}**, "
-                         f"AP **{m['average_precision']:.3f}**, precision@k **{m['precision_at_k']:.3f}**.")
-        return "\n\n".join(lines)
+        return nav.summary_markdown(s)  # names escaped there
 
     def _show_bin(self, ctx, signal):
         bar_id = ctx.params.get("id")
@@ -168,7 +157,7 @@ class NoiseAuditPanel(foo.Panel):
         sample = ctx.dataset[sample_id]
         explanation = {"sample_id": sample_id, "key": key, "label": out["label"], "image": media_url(sample.filepath)}
         for kind in ("most", "least"):
-            explanation[kind] = [{"image": media_url(e["filepath"]), "caption": f"{e['label']}: {e['influence']:+.3g}"}
+            explanation[kind] = [{"image": media_url(e["filepath"]), "caption": f"{md(e['label'])}: {e['influence']:+.3g}"}
                                  for e in out[kind]]
         ctx.panel.state.explanation = explanation
         # The image views live in nested stacks; their values sit at the same paths.
@@ -210,7 +199,7 @@ class NoiseAuditPanel(foo.Panel):
             table = types.TableView()
             for col, label in METRIC_COLUMNS:
                 table.add_column(col, label=label)
-            panel.list("metrics", types.Object(), view=table, label=f"Detection of flips in `{truth}`")
+            panel.list("metrics", types.Object(), view=table, label=f"Detection of flips in {md(truth)}")
 
         for signal, title in HISTOGRAMS.items():
             handler = self.on_score_bar_click if signal == "corruption_score" else self.on_influence_bar_click
@@ -237,9 +226,9 @@ class NoiseAuditPanel(foo.Panel):
                      name="explain_hint")
             return
         if "error" in explanation:
-            panel.view("explain_error", types.Notice(label=explanation["error"]))
+            panel.view("explain_error", types.Notice(label=md(explanation["error"])))  # the App renders it as Markdown
             return
-        panel.md(f"#### Why `{explanation['label']}`?\nThe training images that most support (▲) and most "
+        panel.md(f"#### Why {md(explanation['label'])}?\nThe training images that most support (▲) and most "
                  "oppose (▼) the selected sample's label, with their influence on its loss.", name="explain_title")
         row = panel.h_stack("explain_images", gap=1, align_x="left")
         col = row.v_stack("explain_selected", gap=0)

@@ -7,6 +7,7 @@ signatures are checked, and the results are compared with pyDVL's public
 """
 
 import inspect
+import warnings
 
 import numpy as np
 import pydvl
@@ -42,11 +43,41 @@ def problem():
     return x, y, head
 
 
+def _flat_hessian(model, x, y):
+    """The Hessian of the mean cross-entropy in the model's flat parameter order (pyDVL's), by autograd."""
+    named = [(k, p.detach()) for k, p in model.named_parameters()]
+    xs, ys = heads.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
+
+    def loss(theta):
+        params, at = {}, 0
+        for k, p in named:
+            params[k] = theta[at : at + p.numel()].reshape(p.shape)
+            at += p.numel()
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (xs,)), ys)
+
+    return torch.autograd.functional.hessian(loss, torch.cat([p.flatten() for _, p in named]))
+
+
 @pytest.fixture(scope="module")
 def block_head(problem):
-    """A two-layer head (EK-FAC's layers, pyDVL's flat order over several parameters)."""
-    torch.manual_seed(3)
-    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).to(F64)
+    """A two-layer head (EK-FAC's layers, pyDVL's flat order over several parameters), trained to a
+    minimum of its L2-regularised loss like every head the audit hands to pyDVL.
+
+    At a minimum, the Hessian plus ``L2`` (what the solvers invert) is positive definite, so CG
+    is well posed. The untrained head's was not (smallest eigenvalue -0.06): CG cannot converge
+    on an indefinite system, and stopped at maxiter with residuals that differed from one
+    right-hand side to another."""
+    x, y, _ = problem
+
+    def make(n_classes):
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, n_classes)).to(F64)
+
+    head, hist = heads.fit_head(x, y, 3, L2, make_head=make)
+    assert hist["grad_norm"] < 1e-7
+    eigenvalues = torch.linalg.eigvalsh(_flat_hessian(head, x, y)) + L2
+    assert eigenvalues.min() > 1e-3 and eigenvalues.max() / eigenvalues.min() < 1e3  # well posed for CG
+    return head
 
 
 def _loader(x, y):
@@ -100,10 +131,12 @@ def test_solve_hvp_is_what_public_influence_factors_applies(problem, block_head,
     model = _models(head)[method].fit(_loader(x, y))
     xs, ys = x[:7], y[:7]
     grads = _per_sample_grads(head, xs, ys)
-    torch.manual_seed(1)  # LiSSA draws its batches from torch's RNG: the same draws for each
-    ours = adapter.solve_hvp(model, grads)
-    torch.manual_seed(1)
-    public = model.influence_factors(heads.as_tensor(xs), torch.as_tensor(ys, dtype=torch.long))
+    with warnings.catch_warnings():  # CG must reach its tolerance: the comparison below assumes it
+        warnings.filterwarnings("error", message="Reached max number of iterations")
+        torch.manual_seed(1)  # LiSSA draws its batches from torch's RNG: the same draws for each
+        ours = adapter.solve_hvp(model, grads)
+        torch.manual_seed(1)
+        public = model.influence_factors(heads.as_tensor(xs), torch.as_tensor(ys, dtype=torch.long))
     assert ours.dtype == public.dtype == F64 and ours.shape == public.shape == grads.shape
     # the same operator on gradients equal to round-off; CG stops on a residual, so round-off in its
     # right-hand side shows at its tolerance

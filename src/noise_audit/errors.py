@@ -32,7 +32,7 @@ class UnreadableImages(NoiseAuditError):
         kinds = [f"{n_missing} missing"] if n_missing else []
         if n > n_missing:
             kinds.append(f"{n - n_missing} not decodable")
-        shown = [f"{path} ({reason})" for path, reason in self.files[: self.SHOWN]]
+        shown = [f"{_one_line(path)} ({reason})" for path, reason in self.files[: self.SHOWN]]
         if n > self.SHOWN:
             shown.append(f"... and {n - self.SHOWN} more")
         super().__init__(
@@ -42,3 +42,9 @@ class UnreadableImages(NoiseAuditError):
 
     def __reduce__(self) -> tuple[type, tuple[list[tuple[str, str]]]]:  # pickled whole, e.g. from a Dask worker
         return type(self), (self.files,)
+
+
+def _one_line(path: str) -> str:
+    """A path as one line of a message: as it is, or as Python writes it (``'a\\nb.jpg'``) when it holds
+    a newline or another character that is not printable."""
+    return path if path.isprintable() else repr(path)

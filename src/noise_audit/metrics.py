@@ -129,8 +129,11 @@ def evaluate(samples: SampleCollection, score_field: str, truth_field: str = "la
     Returns:
         the metrics of :func:`detection_metrics`, plus ``per_label`` when
         ``label_field`` is given; for an audit's corruption score also
-        ``calibration`` (:func:`calibration`) and ``cleaning``
-        (:func:`noise_audit.core.cleaning.audit_cleaning_gain`).
+        ``calibration`` (:func:`calibration`), ``cleaning``
+        (:func:`noise_audit.core.cleaning.audit_cleaning_gain`) and
+        ``labels_changed``: ``None``, or how the labels differ from those the
+        audit read (:func:`noise_audit.store.labels.labels_changed`; also
+        logged as one warning).
     """
     validation.non_empty(samples, "The view is empty")
     schema = samples.get_field_schema()
@@ -153,6 +156,9 @@ def evaluate(samples: SampleCollection, score_field: str, truth_field: str = "la
     out["score_field"], out["truth_field"] = score_field, truth_field
     key = _audit_of_score(samples._dataset, score_field)
     if key is not None:  # an audit's corruption score: a probability, and a head to refit
+        from noise_audit.store.labels import warn_if_labels_changed
+
+        out["labels_changed"] = warn_if_labels_changed(samples._dataset, key)  # scores of labels edited since?
         out["calibration"] = calibration(scores, truth)
         if cleaning:
             out["cleaning"] = _cleaning(samples, key, truth_field)

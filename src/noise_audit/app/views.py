@@ -11,7 +11,12 @@ Python:
   and :func:`histogram_traces` turns it into plotly bar traces;
 - :func:`suspects_table` lists the top-N samples with their scores;
 - :func:`summary` gathers the run's facts and, with a truth field, the
-  detection metrics of the corruption score and of each single signal.
+  detection metrics of the corruption score and of each single signal;
+  :func:`summary_markdown` is the panel's header text made of them.
+
+Names from the data reach the App escaped for where they are shown: Markdown
+through :func:`noise_audit.reports.markdown.md`, plotly's legend (which reads
+HTML) through :func:`noise_audit.reports.html.esc`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import SHOWN
 from noise_audit.store.fields import is_own_field
+from noise_audit.store.labels import labels_changed
 from noise_audit.metrics import evaluate
+from noise_audit.reports.html import esc
+from noise_audit.reports.markdown import md
 from noise_audit.store.ownership import audit_fields
 from noise_audit.store.runs import load_audit
 
@@ -149,8 +157,8 @@ def histogram_traces(hist: Mapping[str, Any]) -> list[dict[str, Any]]:
         marker = {"color": color, "opacity": 0.8}
         if s["group"] == FLIPPED:  # flipped bars: hatched, outlined in red
             marker.update(pattern={"shape": "x", "fgcolor": "#ffffff"}, line={"color": GROUP_COLORS[FLIPPED], "width": 1.5})
-        traces.append({
-            "type": "bar", "name": f"{name} ({s['n']})", "x": centers, "y": s["counts"], "width": widths,
+        traces.append({  # plotly shows a trace's name as HTML: escaped
+            "type": "bar", "name": esc(f"{name} ({s['n']})"), "x": centers, "y": s["counts"], "width": widths,
             "ids": [f"{s['label']}|{s['group'] or ''}|{i}" for i in range(len(centers))], "marker": marker,
         })
     return traces
@@ -200,9 +208,29 @@ def summary(samples: SampleCollection, key: str, truth_field: str | None = None)
         "test_accuracy": getattr(results, "test_accuracy", None),
         "classes": list(results.classes), "timings": dict(getattr(config, "timings", {}) or {}),
         "truth_field": truth_field, "metrics": {},
+        "labels_changed": (labels_changed(samples._dataset, key) or {}).get("message"),  # None: as audited
     }
     if truth_field:
         for signal in SIGNALS:
             m = evaluate(view, fields[signal], truth_field, cleaning=False)
             out["metrics"][signal] = {k: m[k] for k in ("auroc", "average_precision", "precision_at_k", "k", "n", "recall_at_10pct")}
     return out
+
+
+def summary_markdown(s: Mapping[str, Any]) -> str:
+    """The panel's header: the facts of :func:`summary` as Markdown, every name escaped."""
+    share = s["num_label_issues"] / max(s["n_samples"], 1)
+    acc = f", test accuracy {s['test_accuracy']:.1%}" if s.get("test_accuracy") is not None else ""
+    lines = [f"**{s['n_samples']}** samples audited on {md(s['label_field'])} ({len(s['classes'])} classes){acc}. "
+             f"the audit estimates **{s['num_label_issues']}** label errors ({share:.1%}, the sum of the scores); "
+             f"**{s['n_flagged']}** samples flagged as suspects.",
+             "The corruption score is the estimated probability that the given label is wrong "
+             "(0.7: about seven in ten labels scored so are wrong).",
+             f"Backbone {md(s['backbone'])}, influence by {md(s['influence_method'])}."]
+    if s.get("labels_changed"):
+        lines.insert(0, f"**Warning:** {md(s['labels_changed'])}")
+    if s["truth_field"]:
+        m = s["metrics"]["corruption_score"]
+        lines.append(f"Against {md(s['truth_field'])} ({m['k']} flipped): corruption score AUROC **{m['auroc']:.3f}**, "
+                     f"AP **{m['average_precision']:.3f}**, precision@k **{m['precision_at_k']:.3f}**.")
+    return "\n\n".join(lines)

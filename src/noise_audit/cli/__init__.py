@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from noise_audit.cli.output import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, GateFailed,  # noqa: F401
-                                    StderrProxy, logs_to_stderr, quiet_dependencies)
+                                    StderrProxy, logs_to_stderr, quiet_dependencies, terminal)
 from noise_audit.cli.parser import build_parser, check_options
 from noise_audit.errors import NoiseAuditError
 
@@ -36,12 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 connect()
             result = args.func(args)
     except NoiseAuditError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {terminal(e, newlines=True)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except GateFailed as e:
-        print(e.output, file=stdout)
-        print(str(e), file=sys.stderr)
+        print(_shown(args, e.output), file=stdout)
+        print(terminal(e, newlines=True), file=sys.stderr)
         return EXIT_GATE_FAILED
     if result is not None:
-        print(result, file=stdout)
+        print(_shown(args, result), file=stdout)
     return EXIT_OK
+
+
+def _shown(args, result):
+    """A command's result as printed: JSON as it is, text through the terminal escape."""
+    return result if getattr(args, "json", False) else terminal(result, newlines=True)

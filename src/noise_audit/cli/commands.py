@@ -14,7 +14,7 @@ import json
 from typing import Any, cast
 
 from noise_audit import validation
-from noise_audit.cli.output import GateFailed, fmt, table
+from noise_audit.cli.output import GateFailed, fmt, table, terminal
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import SHOWN
 
@@ -23,7 +23,7 @@ def _format_demo(out):
     rows = [["corruption_score"] + [fmt(out["corruption_score"][k]) for k in ("auroc", "average_precision", "precision_at_k")]]
     rows += [[name] + [fmt(m[k]) for k in ("auroc", "average_precision", "precision_at_k")] for name, m in out["baselines"].items()]
     return "\n".join([
-        f"dataset {out['dataset']}: {out['n_samples']} samples, {out['n_flipped']} flipped, "
+        f"dataset {terminal(out['dataset'])}: {out['n_samples']} samples, {out['n_flipped']} flipped, "
         f"{out['num_label_issues_estimated']} estimated label issues, influence by {out['influence_method']}",
         table(rows, ["signal", "AUROC", "AP", "P@k"]),
         "timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings_s"].items()),
@@ -130,7 +130,7 @@ def _report(view, key, args, out):
     if rep.get("truth"):
         m = rep["truth"]["metrics"]["corruption_score"]
         out["truth"] = {k: m[k] for k in ("auroc", "average_precision", "precision_at_k")}
-    return f"report: {rep['files']['html']} (and summary.json, summary.md beside it)"
+    return f"report: {terminal(rep['files']['html'])} (and summary.json, summary.md beside it)"
 
 
 def _dask_client(spec):
@@ -232,6 +232,6 @@ def cmd_plugin(args: argparse.Namespace) -> str:
     if args.json:
         return json.dumps(out, indent=2)
     if "installed" in out:
-        return (f"installed {out['plugin']} at {out['installed']} ({out['mode']}); "
+        return (f"installed {out['plugin']} at {terminal(out['installed'])} ({out['mode']}); "
                 "restart the App, then `fiftyone operators list` shows its operators")
-    return next(iter(out.values())) if args.action == "path" else ("removed" if out["removed"] else "not installed")
+    return terminal(next(iter(out.values()))) if args.action == "path" else ("removed" if out["removed"] else "not installed")

@@ -23,9 +23,28 @@ class GateFailed(Exception):
         self.output = output
 
 
+def terminal(text: object, newlines: bool = False) -> str:
+    r"""``text`` as the terminal should show it: the one terminal escape of noise-audit.
+
+    Names from the data (class names, dataset and field names, file paths)
+    are untrusted: a class named ``"\x1b[2J"`` must not clear the screen, and
+    a path holding a bidi override (``"\u202e"``) must not reorder the line.
+    Every character that is not printable becomes its Python escape, as
+    ``repr`` writes it (``\x1b``, ``\u202e``, ``\n``); with ``newlines`` a
+    newline is kept (for our own multi-line text, whose parts were escaped
+    already). ``--json`` output is not passed through here: ``json.dumps``
+    escapes control characters itself and its values stay unchanged.
+    """
+    return "".join(ch if ch == " " or ch.isprintable() or (newlines and ch == "\n") else repr(ch)[1:-1]
+                   for ch in str(text))
+
+
 def table(rows, headers):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    """Rows as aligned columns; every cell is shown through :func:`terminal`."""
+    headers = [terminal(h) for h in headers]
+    rows = [[terminal(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -69,7 +88,7 @@ class _OurMessages(logging.Handler):
         super().__init__(logging.WARNING)
 
     def emit(self, record):
-        sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+        sys.stderr.write(f"{record.levelname.lower()}: {terminal(record.getMessage(), newlines=True)}\n")
 
 
 def _not_mongodb_notice(record):

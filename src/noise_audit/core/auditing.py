@@ -39,6 +39,7 @@ from noise_audit.core.data import read_labels
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store.fields import classification_doc
+from noise_audit.store.labels import labels_fingerprint, warn_if_labels_changed
 from noise_audit.store.ownership import audit_fields
 from noise_audit.store.runs import AuditResults, check_key  # noqa: F401 (AuditResults re-exported)
 from noise_audit.store.writes import write_audit
@@ -233,6 +234,7 @@ def audit(
         n_parameters=infl.n_parameters(out.head), fields=audit_fields(key), version=__version__,
         cache_dir=cache_dir if isinstance(cache_dir, str) else None, train_last_block=bool(train_last_block),
         device=str(device), dask_workers=len(client.scheduler_info()["workers"]) if client is not None else None,
+        labels_fingerprint=labels_fingerprint(data.ids, [data.classes[k] for k in data.labels]),  # store/labels.py
     )
 
     clock.start("write")
@@ -259,6 +261,7 @@ def audit(
                           _field_values(data.classes, signals, suspect, out.oos_logits, oos_probs),
                           config, results_doc, signals=signals, predictions=oos_probs, overwrite=overwrite,
                           before_commit=finish_timings)
+    warn_if_labels_changed(samples._dataset, key)  # edited by someone else while the audit ran
     if on_progress:
         on_progress("done", 1.0)
     return results

@@ -6,6 +6,7 @@ FiftyOne collection once, so that the model stages never talk to the database.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from fiftyone.core.dataset import Dataset
 
 SPLIT_TAGS = ("train", "val", "test")
+_log = logging.getLogger(__name__)
 
 
 def load_image_folder(root: str | os.PathLike[str], name: str | None = None, overwrite: bool = False,
@@ -81,7 +83,43 @@ def load_image_folder(root: str | os.PathLike[str], name: str | None = None, ove
     if len(dataset) == 0:
         dataset.delete()
         raise NoiseAuditError(f"No images found under {root}")
+    _warn_skipped(root, present or [""], classes)
     return dataset
+
+
+def skipped_images(folder: str, classes: Sequence[str] | None = None) -> list[str]:
+    """Image files under ``folder`` (a class tree) that FiftyOne's importer does not import.
+
+    ``ImageClassificationDirectoryTree`` silently skips hidden files and
+    folders (names starting with ``.``, such as a class folder ``.._x``) and
+    files beside the class folders (no class to give them). Files whose
+    extension Pillow does not know are not listed (``.DS_Store``, notes).
+    """
+    from PIL import Image
+
+    image_ext = set(Image.registered_extensions())
+    skipped = []
+    for parent, dirs, files in os.walk(folder):
+        rel = os.path.relpath(parent, folder)
+        parts = [] if rel == os.curdir else rel.split(os.sep)
+        if classes is not None and parts and parts[0] not in classes:
+            dirs[:] = []
+            continue
+        for name in files:
+            if os.path.splitext(name)[1].lower() not in image_ext:
+                continue
+            if not parts or any(p.startswith(".") for p in parts + [name]):
+                skipped.append(os.path.join(parent, name))
+    return sorted(skipped)
+
+
+def _warn_skipped(root, splits, classes):
+    """One warning when the importer left image files out (see :func:`skipped_images`)."""
+    skipped = [p for split in splits for p in skipped_images(os.path.join(root, split), classes)]
+    if skipped:
+        _log.warning("%d image files under %s were not imported: FiftyOne skips names that start with '.' and "
+                     "files outside a class folder; rename or move them, e.g. %s", len(skipped), root,
+                     [os.path.relpath(p, root) for p in skipped[:3]])
 
 
 @dataclass

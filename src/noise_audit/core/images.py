@@ -77,15 +77,34 @@ def unreadable(filepaths, bad):
 
 def header_problems(filepaths, rows):
     """``{row: reason}`` for the files among ``rows`` whose header is not an
-    image's (``Image.verify``: quick, nothing is decoded)."""
+    image's (``Image.verify``: quick, nothing is decoded), or that declare
+    more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` (:func:`too_many_pixels`)."""
     bad = {}
     for i in rows:
         try:
-            with Image.open(filepaths[i]) as im:
-                im.verify()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(filepaths[i]) as im:
+                    im.verify()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            bad[int(i)] = too_many_pixels(e)
         except Exception as e:  # noqa: BLE001 - any failure means unusable
             bad[int(i)] = reason(e)
     return bad
+
+
+def too_many_pixels(error: BaseException) -> str:
+    """The reason given for a possible decompression bomb: an image whose header
+    declares more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``.
+
+    Pillow raises above twice the limit and only warns above it (then decodes
+    it in full: gigabytes for a file of kilobytes). Either is an unreadable
+    file here, before anything is decoded, so one message lists it with the
+    others. A user who trusts such files raises the limit
+    (``PIL.Image.MAX_IMAGE_PIXELS = None`` removes it).
+    """
+    return (f"{type(error).__name__}: {error} Raise PIL.Image.MAX_IMAGE_PIXELS "
+            f"(now {Image.MAX_IMAGE_PIXELS}) if you trust the file")[:300]
 
 
 def check_readable(filepaths: Iterable[str | os.PathLike[str]], batch_size: int = 64, num_workers: int | None = None,

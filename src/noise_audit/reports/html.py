@@ -63,6 +63,7 @@ figcaption .lab { font-size:13.5px; font-weight:700; }
 .tag { display:inline-block; font-size:11px; font-weight:700; border-radius:3px; padding:0 4px; color:#fff; margin-right:3px; }
 .tag.flip { background:var(--flip); } .tag.clean { background:var(--clean); } .tag.sus { background:var(--suspect); }
 .tag.rank { background:#444; }
+p.warn { background:#fff4e0; border-left:4px solid var(--suspect); padding:8px 12px; margin:0 0 12px; font-weight:600; }
 .muted { color:var(--muted); }
 .pair { display:flex; gap:28px; flex-wrap:wrap; margin-bottom:10px; }
 .pair > div > h4 { margin:4px 0 6px; font-size:13px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
@@ -79,6 +80,14 @@ SECTIONS = [
 
 
 def esc(x: object) -> str:
+    """``x`` as HTML text or attribute value: the one HTML escape of noise-audit.
+
+    Every name from the data (dataset, label field, class names, file paths,
+    the run key, config values) goes through it before it reaches the page
+    (``&``, ``<``, ``>``, ``"`` and ``'`` become character references), so a
+    class named ``<img src=x onerror=...>`` shows as that text. The App's
+    histogram legends use it too (plotly reads trace names as HTML).
+    """
     return html.escape(str(x), quote=True)
 
 
@@ -170,7 +179,8 @@ def _overview(s):
             f"<code>{esc(o['key'])}_suspect</code>).")
     if o["n_in_report"] != o["n_samples"]:
         note += f" This report shows the {fnum(o['n_in_report'])} audited samples in the given view."
-    return f'<p class="lead">{note}</p><div class="tiles">{html_tiles}</div>'
+    warn = f'<p class="warn">Warning: {esc(o["labels_changed"])}</p>' if o.get("labels_changed") else ""
+    return f'{warn}<p class="lead">{note}</p><div class="tiles">{html_tiles}</div>'
 
 
 def _data(s, figs, card):
@@ -180,7 +190,7 @@ def _data(s, figs, card):
     how = {"tags": f"samples tagged {', '.join(split.get('tags', []))}",
            "tag": f"samples tagged {split.get('tag')}",
            "view": "a view passed to the audit",
-           "stratified_split": f"a stratified {fnum(split.get('fraction'), 'pct')} split (seed {split.get('seed')})"}.get(kind, esc(split))
+           "stratified_split": f"a stratified {fnum(split.get('fraction'), 'pct')} split (seed {split.get('seed')})"}.get(kind, str(split))
     rows = [[esc(c), fnum(v["train"]), fnum(v["held_out"]), fnum(v["total"])] for c, v in d["class_counts"].items()]
     out = [f'<p class="lead">What was audited. The held-out set (for average influence and the head\'s validation '
            f'curve) is {esc(how)}. Images below are random training samples of each given label.</p>',

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,23 @@ def to_data_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def plot_text(text: object) -> str:
+    r"""``text`` as literal figure text: the one escape for matplotlib.
+
+    matplotlib reads text between two ``$`` as TeX math: a class named
+    ``$\frac{$`` would raise while the figure is drawn, and ``$x^2$`` would
+    show as a formula. An escaped ``\$`` is shown as ``$``. A legend also
+    drops every label that starts with ``_`` (matplotlib's mark for "no
+    legend"), so such a name is led by an invisible zero-width space. A
+    character that is not printable (other than a newline) is shown as its
+    Python escape (``\x1b``): fonts have no glyph for it. Every class name in
+    a figure goes through this.
+    """
+    text = "".join(ch if ch.isprintable() or ch in " \n" else repr(ch)[1:-1] for ch in str(text))
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
 def _color(i):
     return PALETTE[i % len(PALETTE)]
 
@@ -83,7 +101,7 @@ def class_counts(classes: Sequence[str], counts: Mapping[str, Mapping[str, int]]
     for yi, a, b in zip(y, train, test):
         ax.text(a, yi - 0.2, f" {a}", va="center", fontsize=8)
         ax.text(b, yi + 0.2, f" {b}", va="center", fontsize=8)
-    ax.set_yticks(y, classes)
+    ax.set_yticks(y, [plot_text(c) for c in classes])
     ax.invert_yaxis()
     ax.margins(x=0.12)
     _style(ax, "Samples per class and split", "samples", "given label")
@@ -132,8 +150,8 @@ def confusion(classes: Sequence[str], matrix: npt.ArrayLike) -> str:
             ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=9,
                     color="white" if m[i, j] > top / 2 else "black")
     ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, classes, rotation=35, ha="right")
-    ax.set_yticks(ticks, classes)
+    ax.set_xticks(ticks, [plot_text(c) for c in classes], rotation=35, ha="right")
+    ax.set_yticks(ticks, [plot_text(c) for c in classes])
     ax.set_title("Held-out confusion matrix", fontsize=11, fontweight="bold", loc="left")
     ax.set_xlabel("predicted label")
     ax.set_ylabel("given label")
@@ -150,7 +168,7 @@ def influence_by_label(classes: Sequence[str], values_by_class: Mapping[str, npt
     ax = fig.add_subplot()
     bins = _bins(*values_by_class.values())
     for i, c in enumerate(classes):
-        ax.hist(values_by_class[c], bins=bins, alpha=0.55, color=_color(i), label=c, edgecolor="white", linewidth=0.3)
+        ax.hist(values_by_class[c], bins=bins, alpha=0.55, color=_color(i), label=plot_text(c), edgecolor="white", linewidth=0.3)
     ax.axvline(0, color="black", linewidth=0.8, linestyle="--")
     _style(ax, "Average influence of training samples on the held-out set, by given label",
            "average influence (positive = helpful)", "training samples")
@@ -165,8 +183,8 @@ def corruption_histogram(classes: Sequence[str], values_by_class: Mapping[str, n
     ax = fig.add_subplot()
     bins = np.linspace(0, 1, 41)
     data = [values_by_class[c] for c in classes]
-    ax.hist(data, bins=bins, stacked=True, color=[_color(i) for i in range(len(classes))], label=classes,
-            edgecolor="white", linewidth=0.3)
+    ax.hist(data, bins=bins, stacked=True, color=[_color(i) for i in range(len(classes))],
+            label=[plot_text(c) for c in classes], edgecolor="white", linewidth=0.3)
     if threshold is not None:
         ax.axvline(threshold, color=FLIPPED, linewidth=1.2, linestyle="--", label=f"suspect cut-off ({threshold:.3f})")
     ax.set_yscale("log")
@@ -192,7 +210,7 @@ def issues_per_class(classes: Sequence[str], estimated: Mapping[str, int],
         ax.barh(y + 0.2, fl, height=h, color=FLIPPED, label="actually flipped (truth)")
         for yi, v in zip(y, fl):
             ax.text(v, yi + 0.2, f" {v}", va="center", fontsize=8)
-    ax.set_yticks(y, classes)
+    ax.set_yticks(y, [plot_text(c) for c in classes])
     ax.invert_yaxis()
     ax.margins(x=0.12)
     _style(ax, "Estimated label errors per given label", "samples", "given label")
@@ -219,7 +237,7 @@ def clean_vs_flipped(classes: Sequence[str], clean_by_class: Mapping[str, npt.Ar
         ax.hist(clean, bins=bins, alpha=0.6, color=CLEAN, label=f"clean ({len(clean)})", density=True)
         if len(flip):
             ax.hist(flip, bins=bins, alpha=0.6, color=FLIPPED, label=f"flipped ({len(flip)})", density=True)
-        _style(ax, f"given label: {c}", xlabel, "density")
+        _style(ax, f"given label: {plot_text(c)}", xlabel, "density")
         ax.title.set_fontsize(10)
         ax.legend(frameon=False, fontsize=8)
     for k in range(n, rows * cols):
@@ -312,7 +330,10 @@ class Thumbnails:
         from PIL import Image
 
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():  # a decompression bomb is not shown (it is not decoded either)
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
                 im = im.convert("RGB")
                 im.thumbnail((self.max_side, self.max_side))
                 buf = io.BytesIO()

@@ -12,6 +12,7 @@ import numpy as np
 from noise_audit.errors import NoiseAuditError
 from noise_audit.metrics import calibration, evaluate, flag_metrics, pr_curve
 from noise_audit.signals import SHOWN, suspicion
+from noise_audit.store.labels import warn_if_labels_changed
 from noise_audit.store.ownership import audit_fields
 
 def _stats(values):
@@ -37,6 +38,7 @@ def overview(a, results):
         "label_error_rate": float(results.num_label_issues / n) if n else 0.0,
         "influence_method": a.config.get("influence_method"),
         "test_accuracy": float(results.test_accuracy), "test_f1_macro": float(results.test_f1_macro),
+        "labels_changed": (warn_if_labels_changed(a.dataset, a.key) or {}).get("message"),  # None: as audited
     }
     return out
 

@@ -59,6 +59,7 @@ import datetime
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -273,9 +274,8 @@ def _write_files(path, summary, figures, thumbs):
     os.makedirs(path, exist_ok=True)
     files = {kind: os.path.join(path, name) for kind, name in FILES.items()}
     summary["files"] = dict(FILES)
-    _write(files["json"], json.dumps(summary, indent=2, default=_json_default))
-    _write(files["markdown"], render_markdown(summary))
-    _write(files["html"], render_html(summary, figures, thumbs))
+    _replace_together(files, {"json": json.dumps(summary, indent=2, default=_json_default),
+                              "markdown": render_markdown(summary), "html": render_html(summary, figures, thumbs)})
     return files
 
 
@@ -289,8 +289,34 @@ def _json_default(x):
     return str(x)
 
 
-def _write(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _replace_together(files, texts):
+    """Writes ``texts[kind]`` to ``files[kind]``; a failed write leaves every previous file as it was.
+
+    All three files are written in full to temporary files beside them
+    (``.<name>.<random>.tmp``, flushed to disk) before the first is renamed
+    over its old copy, so a full disk, a size limit or any error while
+    writing changes none of the previous report's files (and removes the
+    temporary ones). Each rename is atomic; the three together are not: a
+    process killed between them (a few microseconds) can leave new and old
+    files side by side, which the ``created`` stamp in each file tells apart.
+    A temporary file is created new (``O_EXCL``, a random name), so a file or
+    link planted in a shared folder under a predictable name is never
+    written through; the rename replaces a link at the final name, never
+    its target.
+    """
+    tmps = {}
+    try:
+        for kind, text in texts.items():
+            folder, name = os.path.split(files[kind])
+            tmps[kind] = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+            fd = os.open(tmps[kind], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to open()
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for kind in texts:
+            os.replace(tmps[kind], files[kind])
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -225,12 +225,24 @@ def _decode(d):
 # -- keys, listing, loading ---------------------------------------------------
 
 
-def check_key(dataset: Dataset, key: str, overwrite: bool = False) -> None:
-    """Raises unless ``key`` names a new audit (or ours, with ``overwrite``)."""
-    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        raise NoiseAuditError(f"key must be an identifier (letters, digits, _), not {key!r}")
+def check_key_name(key: object) -> None:
+    """Raises unless ``key`` can name an audit's run and prefix its fields (``{key}_corruption_score``).
+
+    Letters, digits and single underscores, starting with a letter: FiftyOne
+    refuses field names that start with ``_``, and mongoengine reads ``__`` in
+    a field name as a query operator (renaming such a field fails), so a key
+    may neither contain ``__`` nor end with ``_``.
+    """
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*", key):
+        raise NoiseAuditError(f"key must be letters, digits and single underscores, starting with a letter and not "
+                              f"ending with _ (it prefixes the audit's field names), not {key!r}")
     if is_reserved(key):
         raise NoiseAuditError(f"keys starting with {TMP}_ or {OLD}_ are reserved for audits being written")
+
+
+def check_key(dataset: Dataset, key: str, overwrite: bool = False) -> None:
+    """Raises unless ``key`` names a new audit (or ours, with ``overwrite``)."""
+    check_key_name(key)
     if dataset.has_run(key):
         if not is_audit(dataset, key):
             raise NoiseAuditError(f"Run key {key!r} is taken by a run that is not a noise audit")
@@ -305,8 +317,7 @@ def rename_audit(dataset, key, new_key, config):
     import fiftyone.core.odm as foo
 
     with dataset_lock(dataset):
-        if is_reserved(new_key):
-            raise NoiseAuditError(f"keys starting with {TMP}_ or {OLD}_ are reserved")
+        check_key_name(new_key)
         token = getattr(config, "token", None)
         old = config_fields(config, key)
         new = {n: f.replace(f"{key}_", f"{new_key}_", 1) if f.startswith(f"{key}_") else f for n, f in old.items()}

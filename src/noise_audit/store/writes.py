@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import signal as signals_
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
@@ -51,7 +52,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WRITE_STEPS = ("declared", "written", "prepared", "old_moved", "new_moved", "linked", "old_deleted")
-FAULT_ENV = "NOISE_AUDIT_FAULT_AT"  # test-only: "<step>" raises there, "<step>:kill" SIGKILLs this process
+# Test-only: "<step>" raises there, "<step>:kill" SIGKILLs this process, "<step>:pause:<file>" creates <file>
+# and waits (at most PAUSE_MAX_S) until it is removed, so a test can act while the write stands at that step.
+FAULT_ENV = "NOISE_AUDIT_FAULT_AT"
+PAUSE_MAX_S = 600
 
 
 class InjectedFault(RuntimeError):
@@ -66,7 +70,19 @@ def _step(name: str) -> None:
     if at == name:
         if how == "kill":
             os.kill(os.getpid(), signals_.SIGKILL)
+        if how.startswith("pause:"):
+            _pause(how[len("pause:"):])
+            return
         raise InjectedFault(f"fault injected at write step {name!r}")
+
+
+def _pause(marker: str) -> None:
+    """Creates ``marker``, then waits until it is gone (see :data:`FAULT_ENV`)."""
+    with open(marker, "w"):
+        pass
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def write_audit(samples: SampleCollection, key: str, ids: Sequence[str], values: Mapping[str, Sequence[Any]],
