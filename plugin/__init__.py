@@ -30,6 +30,7 @@ from noise_audit.noise import STRATEGIES, check_targets, default_noisy_field, in
 from noise_audit.store.runs import check_key, list_audits
 
 from .panel import NoiseAuditPanel
+from .review_operators import ApplyNoiseReview
 
 # Audits of views larger than this default to delegated execution: features of
 # a few thousand images take minutes on a CPU, longer than an App request (and
@@ -380,5 +381,5 @@ class GenerateNoiseReport(foo.Operator):
 
 def register(p):
     for cls in (InjectLabelNoise, RemoveLabelNoise, RunNoiseAudit, EvaluateNoiseAudit, DeleteNoiseAudit, GenerateNoiseReport,
-                NoiseAuditPanel):
+                ApplyNoiseReview, NoiseAuditPanel):
         p.register(cls)

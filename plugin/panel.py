@@ -1,4 +1,5 @@
-"""The ``noise_audit`` panel: an audit's histograms, metrics, suspects and explanations.
+"""The ``noise_audit`` panel: an audit's histograms, metrics, suspects and explanations,
+and the review of the suspects (:mod:`.review_panel`).
 
 All numbers come from :mod:`noise_audit.app.views` and :func:`noise_audit.most_influential`;
 the panel only lays them out and turns clicks into grid views.
@@ -15,6 +16,8 @@ from noise_audit.app import views as nav
 from noise_audit.app.plugin_install import PLUGIN_NAME as PLUGIN
 from noise_audit.errors import NoiseAuditError
 from noise_audit.store.runs import list_audits
+
+from .review_panel import ReviewMixin
 
 NO_TRUTH = "(none)"
 # The library's defaults: rows of the suspect table, explaining images per side.
@@ -36,7 +39,7 @@ def _fmt(value, digits=4):
     return f"{value:.{digits}g}" if isinstance(value, float) else value
 
 
-class NoiseAuditPanel(foo.Panel):
+class NoiseAuditPanel(ReviewMixin, foo.Panel):
     @property
     def config(self):
         return foo.PanelConfig(name="noise_audit", label="Noise audit", icon="troubleshoot", surfaces="grid",
@@ -52,6 +55,7 @@ class NoiseAuditPanel(foo.Panel):
 
     def on_change_key(self, ctx):
         ctx.panel.state.key = ctx.params.get("value")
+        ctx.panel.state.review_active = False  # the review queue belongs to one audit
         self._refresh(ctx)
 
     def on_change_truth(self, ctx):
@@ -126,6 +130,7 @@ class NoiseAuditPanel(foo.Panel):
             for i, r in enumerate(rows)
         ]
         self._explain(ctx)
+        self._review_refresh(ctx)
 
     def _summary_md(self, s):
         share = s["num_label_issues"] / max(s["n_samples"], 1)
@@ -205,6 +210,7 @@ class NoiseAuditPanel(foo.Panel):
         if truth:
             buttons.btn("show_flipped", label="Show flipped", icon="shuffle", variant="outlined", on_click=self.show_flipped)
         buttons.btn("clear_view", label="Clear view", icon="clear", variant="outlined", on_click=self.clear_view)
+        self._render_review(ctx, panel)
 
         if truth:
             table = types.TableView()
