@@ -149,7 +149,7 @@ class ReviewMixin:
 
     # --- layout ---------------------------------------------------------------
     def _render_review(self, ctx, panel):
-        panel.md("### Review the suspects", name="review_title")
+        panel.md("#### Review the suspects", name="review_title")
         if ctx.panel.state.review_error:
             panel.view("review_error_notice", types.Notice(label=ctx.panel.state.review_error))
             return
@@ -167,7 +167,7 @@ class ReviewMixin:
         actions = panel.h_stack("review_actions", align_x="left", gap=1)
         actions.btn("review_undo", label="Undo", icon="undo", variant="outlined", on_click=self.review_undo)
         actions.btn("review_apply", label="Apply review…", icon="task_alt", variant="outlined",
-                    on_click=f"{PLUGIN}/apply_noise_review", prompt=True)
+                    on_click=f"{PLUGIN}/apply_noise_review", prompt=True, params={"key": ctx.panel.state.key})
         table = types.TableView()
         for col, label in (("given", "Given"), ("suggested", "Suggested"), ("score", "Score")):
             table.add_column(col, label=label)
