@@ -342,3 +342,75 @@ def test_bad_review_input_is_one_error_and_writes_nothing(fresh, call, message):
     with pytest.raises(na.NoiseAuditError, match=message):
         call(ds, i)
     assert raw(ds, f"{KEY}_review") == before
+
+
+# --- the command line -------------------------------------------------------------
+
+
+def test_cli_review_and_apply_review(fresh):
+    import json
+
+    from test_cli import cli
+
+    ds = fresh
+    a, b = top_ids(ds, 2)
+    out = json.loads(cli("review", "--dataset", ds.name, "--ids", a, b, "--decision", "keep", "--reviewer", "cli",
+                         "--json").stdout)
+    assert out["n"] == 2 and out["estimates"]["review"]["reviewed"] == 2
+    text = cli("review", "--dataset", ds.name).stdout
+    assert "estimated wrong labels" in text and "errors still left" in text
+    bad = cli("review", "--dataset", ds.name, "--ids", a, "--decision", "relabel", "--label", "cat", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: Class 'cat'") and bad.stdout == ""
+    assert decisions(ds, KEY)[a]["decision"] == "keep"
+    onto_source = cli("apply-review", "--dataset", ds.name, "--out-field", "ground_truth_noisy", check=False)
+    assert onto_source.returncode == 2 and "never writes the audited labels" in onto_source.stderr
+    applied = json.loads(cli("apply-review", "--dataset", ds.name, "--out-field", "reviewed", "--json").stdout)
+    assert applied["kept"] == 2 and applied["out_field"] == "reviewed"
+    ds.reload()
+    assert ds[a].reviewed.tags == [TAGS["kept"]]
+    undo = json.loads(cli("review", "--dataset", ds.name, "--ids", a, "--undo", "--reviewer", "cli", "--json").stdout)
+    assert undo["undone"] == [a]
+
+
+# --- warm start ---------------------------------------------------------------------
+
+
+def test_a_carried_head_is_the_same_function_of_the_raw_features(make_small_dataset):
+    import torch
+
+    from noise_audit.core.head import LinearHead
+    from noise_audit.core.warm_start import carried_head
+
+    ds = make_small_dataset(n_train=15, n_val=5)
+    na.audit(ds, "ground_truth", key="a", **FAST)
+    _, results = na.load_audit(ds, "a")
+    old = LinearHead.from_state(results.head)
+    d = len(results.feature_mean)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(7, d)) * 3 + 1
+    m_old = np.asarray(results.feature_mean)
+    s_old = np.array([np.inf if v is None else v for v in results.feature_std])
+    m_new, s_new = m_old + rng.normal(size=d), np.where(np.isfinite(s_old), s_old * rng.uniform(0.5, 2, d), np.inf)
+    classes = list(reversed(results.classes)) + ["new_class"]  # another order, and a class the old head never saw
+    new = carried_head(ds, "a", classes, m_new, s_new)
+    with torch.no_grad():
+        before = old(torch.as_tensor((raw - m_old) / s_old)).numpy()
+        after = new(torch.as_tensor((raw - m_new) / s_new)).numpy()
+    order = [results.classes.index(c) for c in classes[:-1]]
+    assert np.allclose(after[:, :-1], before[:, order], atol=1e-9)
+    assert np.allclose(after[:, -1], 0)
+
+
+def test_warm_start_needs_an_audit_of_the_same_features(make_small_dataset):
+    ds = make_small_dataset(n_train=15, n_val=5)
+    na.audit(ds, "ground_truth", key="a", **FAST)
+    with pytest.raises(na.NoiseAuditError, match="warm_start must be True, False or the key of an audit"):
+        na.audit(ds, "ground_truth", key="b", warm_start="nope", **FAST)
+    with pytest.raises(na.NoiseAuditError, match="cannot warm-start this one: its image size differs"):
+        na.audit(ds, "ground_truth", key="b", warm_start="a", **dict(FAST, image_size=40))
+    assert na.list_audits(ds) == ["a"] and not any(f.startswith("b_") for f in ds.get_field_schema())
+    b = na.audit(ds, "ground_truth", key="b", warm_start=True, **FAST)
+    assert b.config["warm_start"] == "a"
+    cold = na.audit(ds, "ground_truth", key="c", **FAST)
+    assert cold.config["warm_start"] is None
+    assert np.allclose(b.corruption_score, cold.corruption_score, atol=2e-3)

@@ -40,10 +40,10 @@ def _compatible(config: Any, results: Any, backbone_id: str, image_size: int) ->
     """Why the audit's head cannot start this one, or ``None`` if it can."""
     if getattr(config, "train_last_block", False) or not isinstance(results.head, dict) or "weight" not in results.head:
         return "it trained the backbone's last block too (only a linear head can start another)"
-    if config.get("backbone_id") != backbone_id:
-        return f"its backbone differs ({config.get('backbone_id')} here: {backbone_id})"
     if config.get("image_size") != image_size:
-        return f"its image size differs ({config.get('image_size')} here: {image_size})"
+        return f"its image size differs ({config.get('image_size')}, here {image_size})"
+    if config.get("backbone_id") != backbone_id:
+        return f"its backbone differs ({config.get('backbone_id')}, here {backbone_id})"
     return None
 
 
