@@ -154,6 +154,21 @@ def test_each_decision_records_its_label_and_the_source_field_is_never_written(f
     assert raw(ds, "ground_truth_noisy") == before
 
 
+def test_a_class_name_that_looks_like_a_field_path_is_stored_as_a_name(fresh):
+    ds = fresh
+    ds.classes = {"ground_truth_noisy": sorted(SMALL_CLASSES) + ["$cash", "{x}.y"]}
+    ds.save()
+    try:
+        a, b = top_ids(ds, 2)
+        na.review(ds, KEY, a, "relabel", label="$cash")
+        na.review(ds, KEY, b, "relabel", label="{x}.y")
+        got = decisions(ds, KEY)
+        assert got[a]["label"] == "$cash" and got[b]["label"] == "{x}.y"
+    finally:
+        ds.classes = {}
+        ds.save()
+
+
 def test_undo_restores_the_previous_decision_and_leaves_other_reviewers_decisions(fresh):
     ds = fresh
     a, b = top_ids(ds, 2)
