@@ -51,11 +51,12 @@ class NoiseAuditPanel(ReviewMixin, foo.Panel):
 
     def on_change_dataset(self, ctx):
         ctx.panel.state.key = None
+        self._review_reset(ctx)
         self._refresh(ctx)
 
     def on_change_key(self, ctx):
         ctx.panel.state.key = ctx.params.get("value")
-        ctx.panel.state.review_active = False  # the review queue belongs to one audit
+        self._review_reset(ctx)  # the review queue belongs to one audit
         self._refresh(ctx)
 
     def on_change_truth(self, ctx):

@@ -32,6 +32,11 @@ class ReviewMixin:
         name = getattr(user, "email", None) or getattr(user, "name", None)
         return name or f"{default_reviewer()} (App)"
 
+    def _review_reset(self, ctx):
+        ctx.panel.state.review_active = False
+        ctx.panel.state.review_skipped = []
+        ctx.panel.state.review_stack = []
+
     def _review_refresh(self, ctx, sample_id=None):
         """Recomputes what the review shows; ``sample_id`` becomes the current suspect."""
         key = ctx.panel.state.key

@@ -152,9 +152,12 @@ def audit(
     influence functions and cleanlab's out-of-sample label quality, combines
     them into a corruption score (see :mod:`noise_audit.core.scores`), and writes
     ``{key}_influence``, ``{key}_self_influence``, ``{key}_label_quality``,
-    ``{key}_corruption_score``, ``{key}_suspect`` and ``{key}_prediction`` to
-    every sample of ``samples``, plus a FiftyOne run ``key``. Nothing is written
-    unless the whole audit succeeds.
+    ``{key}_corruption_score``, ``{key}_suspect``, ``{key}_prediction`` and
+    ``{key}_suggested_label`` (:mod:`noise_audit.core.suggestions`) to every
+    sample of ``samples``, the empty ``{key}_review`` and ``{key}_annotation``
+    of the review loop (:mod:`noise_audit.reviewing`; an audit replacing one
+    under the same key keeps the decisions about unchanged labels), plus a
+    FiftyOne run ``key``. Nothing is written unless the whole audit succeeds.
 
     Args:
         samples: a FiftyOne dataset or view of image samples.

@@ -87,7 +87,7 @@ def _lines(s: Mapping[str, Any]) -> list[str]:
              f"95% interval {err['low']:.1f} to {err['high']:.1f} (Poisson-binomial variance of the scores, "
              "normal approximation).",
              f"Reviewed {_num(r['reviewed'])} ({_num(r['unsure'])} unsure): {_num(r['confirmed_errors'])} errors "
-             f"confirmed, {_num(r['kept'])} labels kept."]
+             f"confirmed, {_num(r['kept'])} kept."]
     if r["precision"] is not None:
         lines.append(f"Precision of the review so far {_num(r['precision'], 'f')} (the audit expected "
                      f"{_num(r['expected_precision'], 'f')}).")
