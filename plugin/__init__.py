@@ -31,6 +31,7 @@ from noise_audit.reports.markdown import md
 from noise_audit.store.runs import check_key, list_audits
 
 from .panel import NoiseAuditPanel
+from .review_operators import ApplyNoiseReview
 
 # Audits of views larger than this default to delegated execution: features of
 # a few thousand images take minutes on a CPU, longer than an App request (and
@@ -384,5 +385,5 @@ class GenerateNoiseReport(foo.Operator):
 
 def register(p):
     for cls in (InjectLabelNoise, RemoveLabelNoise, RunNoiseAudit, EvaluateNoiseAudit, DeleteNoiseAudit, GenerateNoiseReport,
-                NoiseAuditPanel):
+                ApplyNoiseReview, NoiseAuditPanel):
         p.register(cls)

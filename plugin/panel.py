@@ -1,4 +1,5 @@
-"""The ``noise_audit`` panel: an audit's histograms, metrics, suspects and explanations.
+"""The ``noise_audit`` panel: an audit's histograms, metrics, suspects and explanations,
+and the review of the suspects (:mod:`.review_panel`).
 
 All numbers come from :mod:`noise_audit.app.views` and :func:`noise_audit.most_influential`;
 the panel only lays them out and turns clicks into grid views.
@@ -16,6 +17,8 @@ from noise_audit.app.plugin_install import PLUGIN_NAME as PLUGIN
 from noise_audit.errors import NoiseAuditError
 from noise_audit.reports.markdown import md
 from noise_audit.store.runs import list_audits
+
+from .review_panel import ReviewMixin
 
 NO_TRUTH = "(none)"
 # The library's defaults: rows of the suspect table, explaining images per side.
@@ -37,7 +40,7 @@ def _fmt(value, digits=4):
     return f"{value:.{digits}g}" if isinstance(value, float) else value
 
 
-class NoiseAuditPanel(foo.Panel):
+class NoiseAuditPanel(ReviewMixin, foo.Panel):
     @property
     def config(self):
         return foo.PanelConfig(name="noise_audit", label="Noise audit", icon="troubleshoot", surfaces="grid",
@@ -49,10 +52,12 @@ class NoiseAuditPanel(foo.Panel):
 
     def on_change_dataset(self, ctx):
         ctx.panel.state.key = None
+        self._review_reset(ctx)
         self._refresh(ctx)
 
     def on_change_key(self, ctx):
         ctx.panel.state.key = ctx.params.get("value")
+        self._review_reset(ctx)  # the review queue belongs to one audit
         self._refresh(ctx)
 
     def on_change_truth(self, ctx):
@@ -127,6 +132,7 @@ class NoiseAuditPanel(foo.Panel):
             for i, r in enumerate(rows)
         ]
         self._explain(ctx)
+        self._review_refresh(ctx)
 
     def _summary_md(self, s):
         return nav.summary_markdown(s)  # names escaped there
@@ -194,6 +200,7 @@ class NoiseAuditPanel(foo.Panel):
         if truth:
             buttons.btn("show_flipped", label="Show flipped", icon="shuffle", variant="outlined", on_click=self.show_flipped)
         buttons.btn("clear_view", label="Clear view", icon="clear", variant="outlined", on_click=self.clear_view)
+        self._render_review(ctx, panel)
 
         if truth:
             table = types.TableView()

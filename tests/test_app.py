@@ -4,7 +4,10 @@ Starts the App server on a loopback port with this repo's plugin, opens the
 audited seed scenario (dining_table vs gondola, 10% flipped labels), opens the
 ``Noise audit`` panel and checks that what it renders are the run's numbers;
 then clicks "Show top suspects" and checks that the grid's first sample is the
-top-scored one. Screenshots go to ``artifacts/app/`` (printed, not committed).
+top-scored one. The review: three suspects decided with the panel's buttons
+(accept, keep, another class), the review applied and re-audited through the
+operator, the fields checked. Screenshots go to ``artifacts/app/`` (printed,
+not committed).
 """
 
 import os
@@ -20,8 +23,10 @@ from pathlib import Path
 import pytest
 
 import noise_audit as na
+from noise_audit.app import review_views as rv
 from noise_audit.app import views as nav
 
+from audit_state import FAST
 from conftest import ROOT, TINY, requires_shared, unique_name
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -216,7 +221,7 @@ def test_panel_shows_the_runs_numbers_and_sorts_the_grid(browser, app_url, audit
     # "Explain" on a suspect selects it and shows its most/least influential training images.
     rows.nth(0).get_by_text("Explain").click()
     page.get_by_text("Why ", exact=False).last.wait_for(timeout=120_000)
-    images = page.locator('img[src*="/media?filepath="]')
+    images = page.locator('img[alt="selected sample"], img[alt^="most influential"], img[alt^="least influential"]')
     images.first.wait_for(timeout=30_000)
     assert images.count() == 7
     assert page.get_by_text(re.compile(r"^[▲▼] (dining_table|gondola): [+-]")).count() == 6
@@ -261,4 +266,75 @@ def test_empty_state_offers_to_run_an_audit(browser, app_url, make_small_dataset
     page.get_by_role("button", name="Run noise audit").click()
     page.get_by_text("Label field", exact=False).first.wait_for(timeout=60_000)  # the operator's form
     shot(page, "empty_state")
+    assert not errors, errors
+
+
+def _wait_for_change(locator, old, timeout_s=180):
+    """Waits until ``locator``'s text is no longer ``old`` (the panel moved on); returns the new text."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = locator.inner_text()
+        if text != old:
+            return text
+        locator.page.wait_for_timeout(500)
+    raise AssertionError(f"the panel still shows {old!r} after {timeout_s} s")
+
+
+def _facts(row):
+    return f"Given label {row['given']}, suggested {row['suggested']} ({row['confidence']:.0%})"
+
+
+def test_review_three_suspects_apply_and_reaudit(browser, app_url, make_small_dataset):
+    ds = make_small_dataset(n_train=30, n_val=10)
+    na.inject_label_noise(ds.match_tags("train"), fraction=0.2, seed=0)
+    na.audit(ds, "ground_truth_noisy", **FAST)
+    key = "noise_audit"
+    source = [d.get("ground_truth_noisy") for d in ds._sample_collection.find({}, {"ground_truth_noisy": 1}, sort=[("_id", 1)])]
+    first, second, third = rv.queue(ds, key, 3)
+    other = next(c for c in rv.classes(ds, key) if c not in (third["given"], third["suggested"]))
+
+    page, errors = open_dataset(browser, app_url, ds)
+    open_panel(page)
+    start = page.get_by_role("button", name="Start reviewing")
+    start.wait_for(timeout=120_000)
+    start.click()
+    facts = page.get_by_text(re.compile(r"^Given label \S+, suggested \S+ \(\d+%\)$")).first
+    facts.wait_for(timeout=120_000)
+    assert facts.inner_text() == _facts(first)  # the most suspicious first
+    page.locator('img[alt="suspect under review"]').wait_for(timeout=60_000)
+    assert page.locator('img[alt^="support "]').count() == page.locator('img[alt^="oppose "]').count() == 3
+    shot(page, "review_panel")
+
+    page.get_by_role("button", name=re.compile(r"Accept \w+")).click()
+    assert _wait_for_change(facts, _facts(first)) == _facts(second)  # it moves on
+    page.get_by_role("button", name=re.compile(r"Keep \w+")).click()
+    assert _wait_for_change(facts, _facts(second)) == _facts(third)
+    page.locator("xpath=//p[text()='Another class']/following::div[@role='combobox'][1]").click()
+    page.get_by_role("option", name=other, exact=True).click()
+    page.get_by_role("button", name="Set class").click()
+    _wait_for_change(facts, _facts(third))
+    page.get_by_text(re.compile(r"Reviewed \*?\*?3")).first.wait_for(timeout=60_000)
+
+    got = na.review_decisions(ds, key)
+    assert {i: (d["decision"], d["label"]) for i, d in got.items()} == {
+        first["id"]: ("accept", first["suggested"]), second["id"]: ("keep", second["given"]),
+        third["id"]: ("relabel", other)}
+
+    # Apply, and re-audit the new field (the operator's defaults), through the panel's button.
+    page.get_by_role("button", name=re.compile("Apply review")).click()
+    page.get_by_role("button", name="Execute").click()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not ds.has_run(f"{key}_reviewed"):
+        page.wait_for_timeout(2000)
+        ds.reload()
+    assert ds.has_run(f"{key}_reviewed"), "the re-audit did not finish"
+    out_field = "ground_truth_noisy_reviewed"
+    labels = dict(zip(*ds.values(["id", f"{out_field}.label"])))
+    given = dict(zip(*ds.values(["id", "ground_truth_noisy.label"])))
+    assert labels == dict(given, **{first["id"]: first["suggested"], third["id"]: other})
+    assert ds[second["id"]][out_field].tags == ["review:kept"]
+    assert [d.get("ground_truth_noisy") for d in ds._sample_collection.find({}, {"ground_truth_noisy": 1},
+                                                                          sort=[("_id", 1)])] == source
+    config, results = na.load_audit(ds, f"{key}_reviewed")
+    assert config.label_field == out_field and config.warm_start == key and results.features_computed == 0
     assert not errors, errors

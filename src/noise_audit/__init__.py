@@ -8,6 +8,8 @@ Public API::
     results = na.audit(dataset, "ground_truth_noisy")
     na.evaluate(dataset, "noise_audit_corruption_score")
     na.report(dataset, "noise_audit", "report/", truth_field="label_flipped")
+    na.review(dataset, "noise_audit", suspect_ids, "accept")    # the suggested labels
+    na.apply_review(dataset, "noise_audit", "ground_truth_reviewed")
 """
 
 # FiftyOne first: importing it after dask (a pyDVL dependency) fails with
@@ -21,6 +23,7 @@ import warnings as _warnings
 with _warnings.catch_warnings():
     _warnings.filterwarnings("ignore", category=FutureWarning, module=r"(pydvl|deprecate)(\.|$)")
     from noise_audit._version import __version__
+    from noise_audit.annotation import annotate_suspects, load_annotations
     from noise_audit.core.auditing import AuditResults, audit
     from noise_audit.core.data import load_image_folder
     from noise_audit.errors import NoiseAuditError
@@ -28,6 +31,7 @@ with _warnings.catch_warnings():
     from noise_audit.metrics import detection_metrics, evaluate
     from noise_audit.noise import inject_label_noise, remove_label_noise
     from noise_audit.reports.summary import label_error_rate, report
+    from noise_audit.reviewing import apply_review, reaudit, review, review_decisions, review_estimates, undo_review
     from noise_audit.store.ownership import audit_fields
     from noise_audit.store.runs import delete_audit, list_audits, load_audit
 
@@ -35,4 +39,5 @@ __all__ = [
     "AuditResults", "NoiseAuditError", "__version__", "audit", "audit_fields",
     "delete_audit", "detection_metrics", "evaluate", "inject_label_noise", "label_error_rate",
     "list_audits", "load_audit", "load_image_folder", "most_influential", "remove_label_noise", "report",
+    "annotate_suspects", "apply_review", "load_annotations", "reaudit", "review", "review_decisions", "review_estimates", "undo_review",
 ]

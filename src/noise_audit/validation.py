@@ -187,3 +187,53 @@ def out_dir(path: str | os.PathLike[str], files: Iterable[str]) -> str:
         if os.path.isdir(target):
             raise NoiseAuditError(f"Cannot write {target}: a folder of that name exists")
     return path
+
+
+# -- the review loop (noise_audit.store.review, noise_audit.store.applied, noise_audit.annotation) --
+
+REVIEW_DECISIONS = ("accept", "keep", "relabel", "unsure")
+
+
+def review_decision(decision: Any, label: Any = None) -> str:
+    """``decision`` if it is one of :data:`REVIEW_DECISIONS`; ``label`` goes with ``relabel`` only."""
+    if decision not in REVIEW_DECISIONS:
+        raise NoiseAuditError(f"decision must be one of {REVIEW_DECISIONS}, not {_shown(decision, 'decision')}")
+    if decision == "relabel" and label is None:
+        raise NoiseAuditError("decision 'relabel' needs label=, the class the sample should have")
+    if decision != "relabel" and label is not None:
+        raise NoiseAuditError(f"label= goes with decision 'relabel' only, not with {decision!r} "
+                              "(accept takes the suggested label, keep the given one, unsure none)")
+    return decision
+
+
+def review_label(label: Any, classes: Sequence[str]) -> str:
+    """``label`` if it is one of ``classes`` (the label schema of the audited field)."""
+    if not isinstance(label, str) or label not in classes:
+        raise NoiseAuditError(f"Class {_shown(label, 'label')} is not in the label schema of the audited field; "
+                              f"classes: {sorted(classes)}")
+    return label
+
+
+def audited_sample_ids(sample_ids: Any, audited: Iterable[str], key: str) -> list[str]:
+    """``sample_ids`` as a list of distinct ids (a single id is a list of one); raises
+    unless there is at least one and every one was scored by the audit ``key``."""
+    if isinstance(sample_ids, str):
+        sample_ids = [sample_ids]
+    if not isinstance(sample_ids, Iterable) or isinstance(sample_ids, (bytes, dict)):
+        raise NoiseAuditError(f"sample_ids must be a sample id or a list of them, not {_shown(sample_ids, 'sample_ids')}")
+    ids = list(dict.fromkeys(sample_ids))
+    if not ids:
+        raise NoiseAuditError("sample_ids is empty: name at least one sample to review")
+    known = set(audited)
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise NoiseAuditError(f"{len(unknown)} of the sample ids were not scored by audit {key!r}, "
+                              f"e.g. {unknown[:3]}; review only audited samples")
+    return ids
+
+
+def reviewer(name: Any) -> str:
+    """A reviewer's name: non-empty text of at most 200 characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise NoiseAuditError(f"reviewer must be a non-empty name of at most 200 characters, not {_shown(name, 'reviewer')}")
+    return name.strip()

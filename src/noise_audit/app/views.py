@@ -222,7 +222,7 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
     share = s["num_label_issues"] / max(s["n_samples"], 1)
     acc = f", test accuracy {s['test_accuracy']:.1%}" if s.get("test_accuracy") is not None else ""
     lines = [f"**{s['n_samples']}** samples audited on {md(s['label_field'])} ({len(s['classes'])} classes){acc}. "
-             f"the audit estimates **{s['num_label_issues']}** label errors ({share:.1%}, the sum of the scores); "
+             f"The audit estimates **{s['num_label_issues']}** label errors ({share:.1%}, the sum of the scores); "
              f"**{s['n_flagged']}** samples flagged as suspects.",
              "The corruption score is the estimated probability that the given label is wrong "
              "(0.7: about seven in ten labels scored so are wrong).",

@@ -159,7 +159,8 @@ def cmd_audit(args: argparse.Namespace) -> str:
         r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
                   weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
                   folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
-                  device=args.device, client=client)
+                  device=args.device, client=client,
+                  warm_start=True if args.warm_start == "auto" else args.warm_start)
     finally:
         if client is not None:
             cluster = client.cluster if args.dask.startswith("local:") else None

@@ -13,6 +13,7 @@ from noise_audit import validation
 from noise_audit.cli.commands import (cmd_audit, cmd_demo, cmd_evaluate, cmd_import, cmd_inject, cmd_plugin,
                                       cmd_remove_noise, cmd_report)
 from noise_audit.cli.output import EXIT_BAD_INPUT, EXIT_GATE_FAILED
+from noise_audit.cli.review_commands import add_review_commands
 
 
 def add_report_options(sp: argparse.ArgumentParser) -> None:
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the backbone, head and influence run: auto (a CUDA GPU if present), cpu, cuda[:N]")
     a.add_argument("--dask", metavar="ADDRESS",
                    help="run on a Dask cluster: a scheduler address (tcp://host:8786), or local:N for N local workers")
+    a.add_argument("--warm-start", metavar="KEY",
+                   help="start the head from audit KEY's (a re-audit after a review; 'auto': the newest audit of "
+                        "the dataset with the same backbone and image size)")
     a.add_argument("--report", metavar="DIR", help="also write the report (report.html, summary.json, summary.md) to DIR")
     add_report_options(a)
 
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True)
     e.add_argument("--key", default="noise_audit")
     e.add_argument("--truth-field", default="label_flipped")
+
+    add_review_commands(add)
 
     g = add("plugin", cmd_plugin, "Install (or remove) the FiftyOne App plugin: operators and the Noise audit panel.")
     g.add_argument("action", choices=["install", "uninstall", "path"],

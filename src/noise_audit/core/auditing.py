@@ -28,7 +28,8 @@ from sklearn.model_selection import train_test_split
 
 from noise_audit import validation
 from noise_audit._version import __version__
-from noise_audit.core import distributed, finetune, pipeline, scores
+from noise_audit.core import distributed, finetune, noise_model, pipeline, scores, suggestions
+from noise_audit.core import warm_start as warm
 from noise_audit.core import features as feats
 from noise_audit.core.backbones import Backbone, get_backbone
 from noise_audit.core.feature_cache import default_cache_dir
@@ -41,6 +42,7 @@ from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store.fields import classification_doc
 from noise_audit.store.labels import labels_fingerprint, warn_if_labels_changed
 from noise_audit.store.ownership import audit_fields
+from noise_audit.store.review import carried_decisions
 from noise_audit.store.runs import AuditResults, check_key  # noqa: F401 (AuditResults re-exported)
 from noise_audit.store.writes import write_audit
 
@@ -143,6 +145,7 @@ def audit(
     train_last_block: bool = False,
     device: torch.device | str | None = "auto",
     client: Client | None = None,
+    warm_start: str | bool | None = None,
 ) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -150,9 +153,12 @@ def audit(
     influence functions and cleanlab's out-of-sample label quality, combines
     them into a corruption score (see :mod:`noise_audit.core.scores`), and writes
     ``{key}_influence``, ``{key}_self_influence``, ``{key}_label_quality``,
-    ``{key}_corruption_score``, ``{key}_suspect`` and ``{key}_prediction`` to
-    every sample of ``samples``, plus a FiftyOne run ``key``. Nothing is written
-    unless the whole audit succeeds.
+    ``{key}_corruption_score``, ``{key}_suspect``, ``{key}_prediction`` and
+    ``{key}_suggested_label`` (:mod:`noise_audit.core.suggestions`) to every
+    sample of ``samples``, the empty ``{key}_review`` and ``{key}_annotation``
+    of the review loop (:mod:`noise_audit.reviewing`; an audit replacing one
+    under the same key keeps the decisions about unchanged labels), plus a
+    FiftyOne run ``key``. Nothing is written unless the whole audit succeeds.
 
     Args:
         samples: a FiftyOne dataset or view of image samples.
@@ -191,6 +197,11 @@ def audit(
             influence are computed on its workers, by row blocks (see
             :mod:`noise_audit.core.distributed`); for the linear head
             (``method`` auto or linear).
+        warm_start: start the linear head from an earlier audit's head (a
+            re-audit after a review): its key, ``True`` for the newest audit
+            on this dataset with the same backbone and image size, or
+            ``None`` (a cold start). Same minimum, fewer steps; see
+            :mod:`noise_audit.core.warm_start`.
 
     Returns:
         an :class:`AuditResults`.
@@ -212,18 +223,24 @@ def audit(
 
     clock.start("features")
     bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
+    start_from = warm.choose(samples._dataset, warm_start, bb.cache_id, image_size) if make_head is None else None
     columns = {"y": data.labels, "train": ~is_test, "fold": pipeline.fold_ids(data.labels, folds, seed)}
     features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
                          on_progress, client)
     clock.stop()
+    init = (warm.carried_head(samples._dataset, start_from, data.classes, features.mean, features.std)
+            if start_from else None)
     out = _head_and_influence(features, columns, len(data.classes), regularization, folds, seed, method, clock,
-                              make_head, progress, device)
+                              make_head, progress, device, init)
     mean, std, n_computed = features.mean, features.std, features.n_computed
     features = None  # free the features before writing
 
     clock.start("scores")
+    true_class = noise_model.true_class_posterior(data.labels, out.oos_logits, out.clean_oos_logits, is_test)
     signals, n_issues, suspect = scores.audit_signals(data.labels, is_test, out.oos_logits, out.clean_oos_logits,
-                                                      out.average_influence, out.self_influence, out.loss)
+                                                      out.average_influence, out.self_influence, out.loss,
+                                                      true_class=true_class)
+    suggested = suggestions.suggested_labels(data.labels, signals["corruption_score"], true_class)
     clock.stop()
     config = dict(
         label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
@@ -235,6 +252,7 @@ def audit(
         cache_dir=cache_dir if isinstance(cache_dir, str) else None, train_last_block=bool(train_last_block),
         device=str(device), dask_workers=len(client.scheduler_info()["workers"]) if client is not None else None,
         labels_fingerprint=labels_fingerprint(data.ids, [data.classes[k] for k in data.labels]),  # store/labels.py
+        warm_start=start_from if init is not None and method in ("auto", "linear") else None,
     )
 
     clock.start("write")
@@ -257,10 +275,13 @@ def audit(
         timings["total"] = round(time.perf_counter() - t_start, 4)
 
     oos_probs = softmax(out.oos_logits, axis=1)
-    results = write_audit(samples, key, data.ids.tolist(),
-                          _field_values(data.classes, signals, suspect, out.oos_logits, oos_probs),
-                          config, results_doc, signals=signals, predictions=oos_probs, overwrite=overwrite,
-                          before_commit=finish_timings)
+    values = _field_values(data.classes, signals, suspect, out.oos_logits, oos_probs, suggested)
+    # an audit replacing one under the same key keeps the decisions still about the same labels
+    values["review"] = carried_decisions(samples._dataset, key, data.ids.tolist(),
+                                         [data.classes[i] for i in data.labels]) if overwrite else [None] * len(data.ids)
+    values["annotation"] = [None] * len(data.ids)  # filled by annotate_suspects
+    results = write_audit(samples, key, data.ids.tolist(), values, config, results_doc, signals=signals,
+                          predictions=oos_probs, overwrite=overwrite, before_commit=finish_timings)
     warn_if_labels_changed(samples._dataset, key)  # edited by someone else while the audit ran
     if on_progress:
         on_progress("done", 1.0)
@@ -296,13 +317,15 @@ def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_
     return _Features(x, None, mean, std, n_computed)
 
 
-def _head_and_influence(features, columns, n_classes, l2, folds, seed, method, clock, make_head, progress, device):
+def _head_and_influence(features, columns, n_classes, l2, folds, seed, method, clock, make_head, progress, device,
+                        init=None):
     """Stages 3-4: the linear head's closed form on row blocks, else pyDVL (the reference)."""
     if make_head is None and method in ("auto", "linear"):
         blocks = features.blocks
         if blocks is None:
             blocks = Blocks.from_arrays({"x": features.x, **columns}, device=device)
-        return pipeline.linear_signals(blocks, len(features.mean), n_classes, l2, folds, clock, progress, device)
+        return pipeline.linear_signals(blocks, len(features.mean), n_classes, l2, folds, clock, progress, device,
+                                       init=init)
     return pipeline.reference_signals(features.x, columns["y"], ~columns["train"], columns["fold"], n_classes, l2,
                                       folds, seed, method, clock, make_head, progress, device)
 
@@ -324,8 +347,13 @@ def _results_doc(data, is_test, out, mean, std, n_computed, n_issues, suspect):
     )
 
 
-def _field_values(classes, signals, suspect, oos_logits, oos_probs):
-    """The values of an audit's fields (see :data:`noise_audit.signals.FIELD_SIGNALS`)."""
+def _field_values(classes, signals, suspect, oos_logits, oos_probs, suggested):
+    """The values of an audit's fields (see :data:`noise_audit.signals.FIELD_SIGNALS`), the
+    review's aside: ``suggested`` is :func:`~noise_audit.core.suggestions.suggested_labels`'s
+    triple, stored with the log of its probabilities as logits."""
     predictions = [classification_doc(classes[int(p.argmax())], p.max(), lg) for p, lg in zip(oos_probs, oos_logits)]
+    best, confidence, probs = suggested
+    log_probs = np.log(np.maximum(probs, 1e-300))
+    suggestions_ = [classification_doc(classes[int(c)], conf, lg) for c, conf, lg in zip(best, confidence, log_probs)]
     return {s.field: signals[s.name].tolist() for s in FIELD_SIGNALS} | {
-        "suspect": suspect.tolist(), "prediction": predictions}
+        "suspect": suspect.tolist(), "prediction": predictions, "suggested_label": suggestions_}

@@ -81,26 +81,13 @@ def audit_cleaning_gain(dataset: Dataset, config: Mapping[str, Any], results: Au
         results: the audit's results (ids, labels, is_test, head, feature_mean, feature_std).
         truth, suspect: booleans per sample of ``ids`` (default ``results.ids``).
     """
-    from noise_audit.core.auditing import build_backbone
-    from noise_audit.core import features as feats
-    from noise_audit.errors import NoiseAuditError
-
-    if config.get("train_last_block"):
-        raise NoiseAuditError("What cleaning buys is measured for the linear head only (not train_last_block)")
-    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False)
-    if bb.cache_id != config.get("backbone_id"):
-        raise NoiseAuditError("The backbone's features changed since the audit; re-run the audit")
+    x = audit_features(dataset, config, results, "What cleaning buys")
     audited = np.asarray(results.ids)
     pos = {i: k for k, i in enumerate(audited)}
     ids = audited if ids is None else np.asarray(ids)
     flipped, flagged = np.zeros(len(audited), bool), np.zeros(len(audited), bool)
     where = np.array([pos[i] for i in ids])
     flipped[where], flagged[where] = np.asarray(truth, bool), np.asarray(suspect, bool)
-    path_of = dict(zip(*dataset.select(list(audited)).values(["id", "filepath"])))
-    raw, _ = feats.extract_features([path_of[i] for i in audited], bb, cache_dir=config.get("cache_dir"),
-                                    progress=False)
-    std = np.array([np.inf if v is None else v for v in results.feature_std])
-    x = (cast(np.ndarray, raw) - np.array(results.feature_mean)) / std
     y, is_test = np.asarray(results.labels), np.asarray(results.is_test, bool)
     blocks = Blocks.from_arrays({"x": x, "y": y, "train": ~is_test})
     head = heads.LinearHead.from_state(results.head)
@@ -113,3 +100,26 @@ def audit_cleaning_gain(dataset: Dataset, config: Mapping[str, Any], results: Au
     out["none"] = float((pred == y[is_test]).mean())
     out["removed"] = {k: int(v.sum()) for k, v in removals.items()}
     return out
+
+
+def audit_features(dataset: Dataset, config: Mapping[str, Any], results: AuditResults, what: str) -> np.ndarray:
+    """The audit's standardised features of its samples, in its order, from the feature cache.
+
+    ``what`` names the measurement in the error raised for an audit whose
+    features cannot be had again (a fine-tuned block, a changed backbone).
+    """
+    from noise_audit.core.auditing import build_backbone
+    from noise_audit.core import features as feats
+    from noise_audit.errors import NoiseAuditError
+
+    if config.get("train_last_block"):
+        raise NoiseAuditError(f"{what} is measured for the linear head only (not train_last_block)")
+    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False)
+    if bb.cache_id != config.get("backbone_id"):
+        raise NoiseAuditError("The backbone's features changed since the audit; re-run the audit")
+    audited = np.asarray(results.ids)
+    path_of = dict(zip(*dataset.select(list(audited)).values(["id", "filepath"])))
+    raw, _ = feats.extract_features([path_of[i] for i in audited], bb, cache_dir=config.get("cache_dir"),
+                                    progress=False)
+    std = np.array([np.inf if v is None else v for v in results.feature_std])
+    return (cast(np.ndarray, raw) - np.array(results.feature_mean)) / std

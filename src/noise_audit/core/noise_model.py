@@ -141,18 +141,23 @@ def calibrated_probs(logits: npt.ArrayLike, labels: np.ndarray, rows: np.ndarray
     return softmax(np.asarray(logits, dtype=float) / temperature(logits, labels, rows), axis=1)
 
 
-def noise_posterior(labels: npt.ArrayLike, pred_probs: np.ndarray, noise_matrix: npt.ArrayLike) -> np.ndarray:
-    """``P(given label is wrong | x, given label)`` under a noise matrix.
+def true_class_probs(labels: npt.ArrayLike, pred_probs: np.ndarray, noise_matrix: npt.ArrayLike) -> np.ndarray:
+    """``P(true = j | x, given label)`` for every class ``j``, under a noise matrix: ``(samples, classes)``.
 
     ``noise_matrix[i, j] = P(given = i | true = j)`` (cleanlab's convention)
     and ``pred_probs`` estimates ``P(true | x)``. By Bayes,
-    ``P(true = given | x, given) = p(given|x) N[given, given] / sum_j p(j|x) N[given, j]``.
+    ``P(true = j | x, given) = p(j|x) N[given, j] / sum_k p(k|x) N[given, k]``.
     """
     labels = np.asarray(labels)
-    n = np.asarray(noise_matrix, dtype=float)[labels]  # (samples, true classes)
-    joint = pred_probs * n
-    right = joint[np.arange(len(labels)), labels]
-    return 1.0 - right / np.maximum(joint.sum(1), 1e-300)
+    joint = pred_probs * np.asarray(noise_matrix, dtype=float)[labels]  # (samples, true classes)
+    return joint / np.maximum(joint.sum(1), 1e-300)[:, None]
+
+
+def noise_posterior(labels: npt.ArrayLike, pred_probs: np.ndarray, noise_matrix: npt.ArrayLike) -> np.ndarray:
+    """``P(given label is wrong | x, given label)`` under a noise matrix:
+    one minus the given class's :func:`true_class_probs`."""
+    labels = np.asarray(labels)
+    return 1.0 - true_class_probs(labels, pred_probs, noise_matrix)[np.arange(len(labels)), labels]
 
 
 def fit_noise_matrix(labels: npt.ArrayLike, pred_probs: np.ndarray, start: npt.ArrayLike, iterations: int = 200,
@@ -265,13 +270,26 @@ def wrong_label_posterior(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clea
     the held-out temperature on CIFAR-10 at 32 px).
     """
     labels = np.asarray(labels)
+    true_class = true_class_posterior(labels, oos_logits, clean_oos_logits, is_test)
+    return 1.0 - true_class[np.arange(len(labels)), labels]
+
+
+def true_class_posterior(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos_logits: npt.ArrayLike,
+                         is_test: npt.ArrayLike | None = None) -> np.ndarray:
+    """The noise model of :func:`wrong_label_posterior`, for every class: ``P(true = j | x, given)``, ``(n, C)``.
+
+    One minus its given-label column is :func:`wrong_label_posterior`; the
+    other columns say which class a wrong label should have been (the
+    suggested label, :mod:`noise_audit.core.suggestions`).
+    """
+    labels = np.asarray(labels)
     clean = np.asarray(clean_oos_logits, dtype=float)
     _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(
         labels, softmax(np.asarray(oos_logits, dtype=float), axis=1))
     held_out = np.zeros(len(labels), bool) if is_test is None else np.asarray(is_test, dtype=bool)
     if held_out.sum() < MIN_HELD_OUT or held_out.all():
         t, noise = fit_noise_model(labels, clean, start)
-        return noise_posterior(labels, softmax(clean / t, axis=1), noise)
+        return true_class_probs(labels, softmax(clean / t, axis=1), noise)
     probs = recalibrated_probs(clean, labels, held_out)
     noise = fit_noise_matrix(labels[~held_out], probs[~held_out], start)
-    return noise_posterior(labels, probs, noise)
+    return true_class_probs(labels, probs, noise)

@@ -67,8 +67,13 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def linear_signals(blocks: Blocks, n_features: int, n_classes: int, regularization: float | str, folds: int,
-                   clock: Clock, progress: bool = False, device: torch.device | str | None = None) -> Signals:
-    """The linear head's stages on ``blocks`` (columns ``x``, ``y``, ``train``, ``fold``)."""
+                   clock: Clock, progress: bool = False, device: torch.device | str | None = None,
+                   init: torch.nn.Module | None = None) -> Signals:
+    """The linear head's stages on ``blocks`` (columns ``x``, ``y``, ``train``, ``fold``).
+
+    ``init``: a head to start the head's fit from (a warm start,
+    :mod:`noise_audit.core.warm_start`); the folds start from the fitted head
+    either way."""
     y = blocks.map_concat(_column, "y")
     l2_scores = None
     if regularization == "auto":
@@ -84,7 +89,7 @@ def linear_signals(blocks: Blocks, n_features: int, n_classes: int, regularizati
 
     clock.start("head")
     head, history = heads.fit_linear_head(blocks, n_features, n_classes, l2, rows="train", val_rows="test",
-                                          device=device)
+                                          init=init, device=device)
     w, b = blocks.arg(head.fc.weight.detach()), blocks.arg(head.fc.bias.detach())
     test_pred = blocks.map_concat(class_logits, w, b, "test").argmax(1)
     clock.stop()

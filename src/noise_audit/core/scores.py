@@ -142,7 +142,8 @@ def refit_suspects(labels: np.ndarray, oos_logits: np.ndarray, average_influence
 
 def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos_logits: npt.ArrayLike,
                      average_influence: npt.ArrayLike, is_test: npt.ArrayLike | None = None,
-                     influence_weight: float = INFLUENCE_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+                     influence_weight: float = INFLUENCE_WEIGHT,
+                     true_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The corruption score in [0, 1] (see module doc): the estimated probability
     that each given label is wrong.
 
@@ -158,6 +159,9 @@ def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos
             the noise model's (:func:`~noise_audit.core.noise_model.wrong_label_posterior`); ``None``: no
             held-out rows.
         influence_weight: share of average influence in the ranking.
+        true_class: the noise model's :func:`~noise_audit.core.noise_model.true_class_posterior`
+            of these arguments, when the caller has it already (it is the
+            costly part of step 3); ``None``: computed here.
 
     Returns:
         ``(score, ranking)``: the calibrated score and the uncalibrated
@@ -169,7 +173,10 @@ def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos
     t = loss_view_temperature(labels, clean_oos_logits, temperature(oos_logits, labels), is_test)
     clean_loss = given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
     ranking = ranking_score(average_influence, clean_loss, influence_weight)
-    target = wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
+    if true_class is None:
+        target = wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
+    else:
+        target = 1.0 - np.asarray(true_class)[np.arange(len(labels)), labels]
     return calibrate(ranking, target), ranking
 
 
@@ -204,8 +211,12 @@ def suspects(score: np.ndarray, n: int) -> np.ndarray:
 
 def audit_signals(labels: npt.ArrayLike, is_test: npt.ArrayLike, oos_logits: npt.ArrayLike,
                   clean_oos_logits: npt.ArrayLike, average_influence: npt.ArrayLike,
-                  self_influence: np.ndarray, loss: np.ndarray) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
+                  self_influence: np.ndarray, loss: np.ndarray,
+                  true_class: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
     """Every per-sample signal of an audit, from the head and influence stages.
+
+    ``true_class``: the noise model's class posterior, if the caller has it
+    (see :func:`corruption_score`).
 
     Returns:
         ``(signals, num_issues, suspect)``: a dict of arrays (the names of the
@@ -217,7 +228,8 @@ def audit_signals(labels: npt.ArrayLike, is_test: npt.ArrayLike, oos_logits: npt
     probs = softmax(np.asarray(oos_logits, dtype=float), axis=1)
     # Held-out losses are out-of-sample already: no leave-one-out correction.
     loo = np.where(~is_test, loo_loss(loss, self_influence, int((~is_test).sum())), loss)
-    score, ranking = corruption_score(labels, oos_logits, clean_oos_logits, average_influence, is_test)
+    score, ranking = corruption_score(labels, oos_logits, clean_oos_logits, average_influence, is_test,
+                                      true_class=true_class)
     num_issues = expected_errors(score, is_test)
     signals = {
         "average_influence": np.asarray(average_influence), "self_influence": np.asarray(self_influence),

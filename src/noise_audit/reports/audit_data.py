@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from noise_audit.errors import NoiseAuditError
-from noise_audit.store.ownership import audit_fields
+from noise_audit.store.ownership import audit_fields, config_fields
 from noise_audit.store.runs import load_audit
 
 
@@ -28,7 +28,7 @@ def audited_view(samples, key):
     if len(view) == 0:
         raise NoiseAuditError(f"None of the samples audited under {key!r} are in this view")
     schema = dataset.get_field_schema()
-    missing = [f for f in audit_fields(key).values() if f not in schema]
+    missing = [f for f in config_fields(config, key).values() if f not in schema]  # older audits own fewer
     if missing:
         raise NoiseAuditError(f"The audit {key!r} lacks its fields {missing}; re-run the audit")
     return dataset, config, results, view

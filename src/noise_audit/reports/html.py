@@ -20,6 +20,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from noise_audit.reports.review_section import review_html
+
 # Box sizes in CSS px, including a 3 px frame: 128 and 192 px of image (2x and 3x of 64 px).
 CARD, TARGET = 134, 198
 
@@ -75,7 +77,7 @@ code { background:var(--bg); padding:0 4px; border-radius:3px; }
 SECTIONS = [
     ("overview", "Overview"), ("data", "Data"), ("model", "Model"), ("scores", "Scores"),
     ("influence", "Influence"), ("explanations", "Explanations"), ("suspects", "Suspects"),
-    ("truth", "Truth"), ("run", "Run"),
+    ("review", "Review"), ("truth", "Truth"), ("run", "Run"),
 ]
 
 
@@ -380,10 +382,12 @@ def render_html(summary: Mapping[str, Any], figures: Mapping[str, str],
         "scores": _scores(summary, figures), "influence": _influence(summary, card),
         "explanations": _explanations(summary, card), "suspects": _suspects(summary, figures, card),
         "truth": _truth(summary, figures), "run": _run(summary, figures),
+        "review": review_html(summary.get("review"), card, table),
     }
     titles = dict(SECTIONS)
     titles.update(scores="Score distributions", influence="Lowest and highest influence per label",
                   explanations="Which training images drive a prediction", suspects="Suspects",
+                  review="Review: what was decided, what is left",
                   truth="Detection quality against the truth", run="Run configuration and timings")
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name in SECTIONS)
     sections = "".join(f'<section id="{sid}"><h2>{esc(titles[sid])}</h2>{bodies[sid]}</section>' for sid, _ in SECTIONS)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from noise_audit.reports.html import fnum
+from noise_audit.reports.review_section import review_markdown
 
 _PUNCTUATION = frozenset(string.punctuation)  # ASCII punctuation: every character Markdown may read as syntax
 
@@ -103,6 +104,8 @@ def render_markdown(s: Mapping[str, Any]) -> str:
         [[e["rank"], md(e["label"]), md(e["predicted"]), fnum(e["confidence"], "pct"), fnum(e["corruption_score"], "f"),
           fnum(e["label_quality"], "f"), fnum(e["average_influence"]), e["split"]]
          + ([fnum(e["flipped"])] if truth else []) + [md(e["filepath"])] for e in su["top"]]), ""]
+
+    out += review_markdown(s.get("review"), _table)
 
     if t:
         keys = ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")

@@ -37,6 +37,11 @@ The page has these sections, each a question about the audit:
 ``suspects``
     The top-ranked samples with given label, out-of-sample prediction and
     scores, and the estimated number of label errors per class.
+``review``
+    What the review of the suspects found (:mod:`noise_audit.reports.review_section`):
+    the estimated wrong labels with an interval, per-class noise rate and
+    difficulty, reviewed and confirmed, the review's precision, the errors
+    left, and the head's held-out accuracy before and after the corrections.
 ``truth`` (with ``truth_field``)
     How well the scores find known flips: clean vs flipped distributions per
     label (the seed's ``plot_corrupted_influences_distribution``), the seed's
@@ -70,6 +75,7 @@ from noise_audit import validation
 from noise_audit.errors import NoiseAuditError
 from noise_audit.reports import plots, sections
 from noise_audit.reports.audit_data import AuditedSamples, audited_view
+from noise_audit.reports.review_section import review_section
 from noise_audit.store.runs import load_audit
 
 if TYPE_CHECKING:
@@ -147,7 +153,7 @@ def _thumbnails(s):
             for v in x:
                 walk(v)
 
-    walk({k: s[k] for k in ("data", "influence", "explanations", "suspects")})
+    walk({k: s[k] for k in ("data", "influence", "explanations", "suspects", "review") if s.get(k)})
     return {p: thumbs.get(p) for p in sorted(paths)}
 
 
@@ -250,6 +256,7 @@ def _build(dataset, config, results, view, key, truth_field, stage, done, opts):
 
     stage("evaluate")
     summary["truth"] = sections.truth(a, truth_field) if truth_field else None
+    summary["review"] = review_section(a, results, opts["top_n"])
     done("evaluate")
 
     stage("figures")

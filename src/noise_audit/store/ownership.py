@@ -27,10 +27,17 @@ if TYPE_CHECKING:
 
 RUN_METHOD = "noise_audit"
 # The fields of an audit (``{key}_{suffix}``) and their types: the signals the
-# table of noise_audit.signals writes to fields, the suspect flag, the prediction.
+# table of noise_audit.signals writes to fields, the suspect flag, the prediction,
+# the suggested label (noise_audit.core.suggestions), the review decisions
+# (noise_audit.store.review; empty until someone reviews) and the staging field
+# an annotation tool edits (noise_audit.annotation; empty until suspects are
+# sent). Embedded documents are fo.Classification.
 SIGNAL_FIELDS: dict[str, type] = {cast(str, s.field): fo.FloatField for s in FIELD_SIGNALS} | {
     "suspect": fo.BooleanField,
     "prediction": fo.EmbeddedDocumentField,
+    "suggested_label": fo.EmbeddedDocumentField,
+    "review": fo.EmbeddedDocumentField,
+    "annotation": fo.EmbeddedDocumentField,
 }
 # AuditResults.signals that are read back from the fields (the rest are stored in the results)
 SIGNAL_OF_FIELD: dict[str, str] = {s.name: cast(str, s.field) for s in FIELD_SIGNALS}
