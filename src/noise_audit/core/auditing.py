@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 
 from noise_audit import validation
 from noise_audit._version import __version__
-from noise_audit.core import distributed, finetune, pipeline, scores
+from noise_audit.core import distributed, embeddings, finetune, pipeline, scores
 from noise_audit.core import features as feats
 from noise_audit.core.backbones import Backbone, get_backbone
 from noise_audit.core.feature_cache import default_cache_dir
@@ -142,6 +142,7 @@ def audit(
     train_last_block: bool = False,
     device: torch.device | str | None = "auto",
     client: Client | None = None,
+    embeddings_field: str | None = None,
 ) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -189,7 +190,16 @@ def audit(
         client: a ``dask.distributed.Client``: features, head, folds and
             influence are computed on its workers, by row blocks (see
             :mod:`noise_audit.core.distributed`); for the linear head
-            (``method`` auto or linear).
+            (``method`` auto or linear). With ``embeddings_field`` the
+            field's vectors are read here and scattered to the workers.
+        embeddings_field: audit on this vector field of the samples instead
+            of features computed from the images (see
+            :mod:`noise_audit.core.embeddings`): e.g. the field
+            ``compute_embeddings`` wrote. No image is read and no backbone
+            runs; ``backbone``, ``weights``, ``transform``, ``image_size`` and
+            ``train_last_block`` must stay at their defaults. The run's config
+            records the field and a fingerprint of its vectors, and
+            explanations refuse to run once the vectors change.
 
     Returns:
         an :class:`AuditResults`.
@@ -202,6 +212,11 @@ def audit(
         image_size = validation.image_size(image_size)
     method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
+    if embeddings_field is not None:  # the field's vectors are the features: nothing is computed from pixels
+        validation.image_settings_unused(embeddings_field, image_settings_given(
+            backbone=backbone, weights=weights, transform=transform, image_size=image_size,
+            train_last_block=train_last_block))
+        validation.embeddings_field(samples, embeddings_field)
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
@@ -210,10 +225,19 @@ def audit(
     t_start = time.perf_counter()
 
     clock.start("features")
-    bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
     columns = {"y": data.labels, "train": ~is_test, "fold": pipeline.fold_ids(data.labels, folds, seed)}
-    features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
-                         on_progress, client)
+    if embeddings_field is None:
+        bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
+        source = dict(backbone=bb.name, backbone_id=bb.cache_id, image_size=image_size,
+                      weights=weights if isinstance(weights, (str, type(None))) else str(weights))
+        features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
+                             on_progress, client)
+    else:
+        raw = embeddings.read_vectors(samples, embeddings_field, data.ids)
+        make_head, source = None, dict(backbone=None, backbone_id=None, image_size=None, weights=None,
+                                       **embeddings.source_config(embeddings_field, raw))
+        features = _standardized(raw, columns, False, 0, client)
+        del raw  # only the standardised copy is kept
     clock.stop()
     out = _head_and_influence(features, columns, len(data.classes), regularization, folds, seed, method, clock,
                               make_head, progress, device)
@@ -225,9 +249,7 @@ def audit(
                                                       out.average_influence, out.self_influence, out.loss)
     clock.stop()
     config = dict(
-        label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
-        weights=weights if isinstance(weights, (str, type(None))) else str(weights),
-        image_size=image_size, influence_method=out.influence_method, method_requested=method,
+        label_field=label_field, **source, influence_method=out.influence_method, method_requested=method,
         regularization=out.l2, regularization_requested=str(regularization), folds=folds, seed=seed,
         split=split, n_samples=len(data.labels), n_train=int((~is_test).sum()), n_test=int(is_test.sum()),
         n_parameters=infl.n_parameters(out.head), fields=audit_fields(key), version=__version__,
@@ -275,6 +297,15 @@ class _Features:
     n_computed: int
 
 
+def image_settings_given(**settings):
+    """The settings among ``settings`` that differ from :func:`audit`'s defaults."""
+    import inspect
+
+    defaults = inspect.signature(audit).parameters
+    return {name: value for name, value in settings.items()
+            if not (value is defaults[name].default or value == defaults[name].default)}
+
+
 def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_progress, client):
     """Stage 2: the backbone's features of ``paths``, standardised on the training rows."""
     if client is not None:
@@ -284,6 +315,14 @@ def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_
         paths, bb, batch_size, cache_dir, progress,
         on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
     )
+    return _standardized(raw, columns, raw_maps, n_computed, None)
+
+
+def _standardized(raw, columns, raw_maps, n_computed, client):
+    """Raw features (the backbone's, or an embeddings field's) standardised on the training rows."""
+    if client is not None:
+        blocks, mean, std = distributed.array_blocks(client, raw, columns)
+        return _Features(None, blocks, mean, std, n_computed)
     if raw_maps:  # a fine-tuned block's own batch norm expects the raw maps
         mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
     else:
