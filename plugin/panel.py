@@ -135,7 +135,8 @@ class NoiseAuditPanel(foo.Panel):
                  f"**{s['n_flagged']}** samples flagged as suspects.",
                  "The corruption score is the estimated probability that the given label is wrong "
                  "(0.7: about seven in ten labels scored so are wrong).",
-                 f"Backbone `{s['backbone']}`, influence by `{s['influence_method']}`."]
+                 (f"Features from the field `{s['embeddings_field']}`" if s.get("embeddings_field")
+                  else f"Backbone `{s['backbone']}`") + f", influence by `{s['influence_method']}`."]
         if s["truth_field"]:
             m = s["metrics"]["corruption_score"]
             lines.append(f"Against `{s['truth_field']}` ({m['k']} flipped): corruption score AUROC **{m['auroc']:.3f}**, "

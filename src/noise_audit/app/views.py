@@ -194,6 +194,7 @@ def summary(samples: SampleCollection, key: str, truth_field: str | None = None)
     view = audited(samples, key)
     out = {
         "key": key, "label_field": config.label_field, "backbone": config.backbone,
+        "embeddings_field": config.get("embeddings_field"),  # None: features from the backbone
         "influence_method": config.influence_method, "n_samples": len(view),
         "n_flagged": len(view.match(F(fields["suspect"]) == True)),  # noqa: E712
         "num_label_issues": int(results.num_label_issues),
