@@ -58,7 +58,11 @@ def read_vectors(samples: SampleCollection, field: str, ids: Sequence[str] | np.
         ids, values = samples.values(["id", field])
     else:
         ids = list(ids)
-        by_id = dict(zip(*samples.select(list(dict.fromkeys(ids))).values(["id", field])))
+        wanted = list(dict.fromkeys(ids))
+        # All of samples (an audit's own view) is read as it is: selecting every id would only
+        # add a match on a list of all ids to the query.
+        chosen = samples if len(wanted) == len(samples) else samples.select(wanted)
+        by_id = dict(zip(*chosen.values(["id", field])))
         values = [by_id.get(i) for i in ids]
     return validation.embedding_vectors(field, ids, values)
 
