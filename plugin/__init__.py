@@ -24,6 +24,7 @@ import noise_audit as na
 from noise_audit import validation
 from noise_audit.app import views as nav
 from noise_audit.core.data import classification_fields
+from noise_audit.core.embeddings import vector_fields
 from noise_audit.errors import NoiseAuditError
 from noise_audit.methods import BACKBONES, METHODS
 from noise_audit.noise import STRATEGIES, check_targets, default_noisy_field, injected_fields
@@ -40,6 +41,11 @@ from .review_operators import ApplyNoiseReview
 IMMEDIATE_MAX_SAMPLES = 2000
 # The form's name for na.audit's test=None (its default split, see na.audit).
 AUTO_TEST = "auto (val/test tags, else a stratified split)"
+# The form's name for na.audit's embeddings_field=None (features computed from the images).
+FROM_IMAGES = "(none: compute features from the images)"
+# The settings that shape features computed from the images: not offered, nor
+# passed, when an embeddings field gives the features (na.audit refuses them).
+IMAGE_PARAMS = ("backbone", "weights", "image_size")
 # The library call's parameters each operator's form sets; passed through as given.
 INJECT_PARAMS = ("label_field", "fraction", "seed", "noisy_field", "flag_field", "strategy")
 REMOVE_PARAMS = ("noisy_field", "flag_field")
@@ -98,6 +104,20 @@ def _label_field_input(ctx, inputs, library_default, label="Label field",
     inputs.enum("label_field", fields, default=default, required=True, label=label,
                 description=description, view=types.DropdownView())
     return ctx.params.get("label_field") or default
+
+
+def _embeddings_field_input(ctx, inputs, target):
+    """Offers the target view's vector fields as the audit's features (or the
+    images); returns the chosen field, or ``None`` for features from the images."""
+    fields = vector_fields(target)
+    inputs.enum("embeddings_field", [FROM_IMAGES] + fields, default=FROM_IMAGES, label="Features",
+                description="A vector field of the target (e.g. from compute_embeddings) to audit on, "
+                "or features computed from the images by the backbone below", view=types.DropdownView())
+    chosen = ctx.params.get("embeddings_field")
+    if chosen in (None, "", FROM_IMAGES):
+        return None
+    _check(inputs, validation.embeddings_field, target, chosen, name="embeddings_field_error")
+    return chosen
 
 
 def _audit_key_input(ctx, inputs, description="The audit run"):
@@ -235,20 +255,23 @@ class RunNoiseAudit(foo.Operator):
         inputs.str("key", default=d["key"], label="Run key",
                    description="Run key and field prefix ({key}_corruption_score, ...)")
         inputs.bool("overwrite", default=d["overwrite"], label="Overwrite an audit with this key")
-        inputs.enum("backbone", list(BACKBONES), default=d["backbone"], label="Backbone",
-                    description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them once (offline: give a path, or 'random')",
-                    view=types.RadioGroup())
-        inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
+        embeddings_field = _embeddings_field_input(ctx, inputs, target)
+        if embeddings_field is None:
+            inputs.enum("backbone", list(BACKBONES), default=d["backbone"], label="Backbone",
+                        description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them once (offline: give a path, or 'random')",
+                        view=types.RadioGroup())
+            inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
         inputs.enum("method", list(dict.fromkeys((d["method"],) + METHODS)), default=d["method"], label="Influence solver",
                     description=f"{d['method']}: closed-form influence of the linear head (exact solve); "
                     "the others are pyDVL's solvers", view=types.DropdownView())
         inputs.float("regularization", default=d["regularization"], label="L2 regularization of the head")
         inputs.int("folds", default=d["folds"], label="Cross-validation folds (cleanlab)")
-        inputs.int("image_size", default=d["image_size"], label="Image size (px)")
+        if embeddings_field is None:
+            inputs.int("image_size", default=d["image_size"], label="Image size (px)")
         inputs.enum("device", list(dict.fromkeys((d["device"], "cpu", "cuda"))), default=d["device"], label="Device",
                     description=f"{d['device']}: a CUDA GPU when the server has one, else the CPU", view=types.DropdownView())
         _check_params(ctx, inputs, {"regularization": validation.regularization, "folds": validation.folds,
-                                    "image_size": validation.image_size})
+                                    **({"image_size": validation.image_size} if embeddings_field is None else {})})
         if len(target) == 0:
             _error(inputs, "The target view is empty")
         elif label_field:
@@ -265,10 +288,13 @@ class RunNoiseAudit(foo.Operator):
         return self._audit_streaming(ctx)
 
     def _audit(self, ctx, on_progress):
-        test = ctx.params.get("test")
+        test, embeddings_field = ctx.params.get("test"), ctx.params.get("embeddings_field")
         kwargs = given(ctx, AUDIT_PARAMS)
         if test not in (None, AUTO_TEST):
             kwargs["test"] = test
+        if embeddings_field not in (None, "", FROM_IMAGES):  # the form showed no image settings: none are passed
+            kwargs = {k: v for k, v in kwargs.items() if k not in IMAGE_PARAMS}
+            kwargs["embeddings_field"] = embeddings_field
         results = na.audit(ctx.target_view(), **kwargs, progress=False, on_progress=on_progress)
         return nav.summary(ctx.dataset, results.key)
 

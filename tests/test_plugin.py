@@ -23,6 +23,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ExecutionError
 
 import noise_audit as na
+from noise_audit.app import views as nav
 from noise_audit.core.auditing import DEFAULT_L2, STAGES
 from noise_audit.methods import BACKBONES, METHODS
 from noise_audit.noise import STRATEGIES
@@ -287,3 +288,38 @@ def test_form_bounds_are_the_library_checks(make_small_dataset, plugins_dir):
             run_op(name, ds, label_field="ground_truth", **params)
     # values the library takes are taken (no bound of the form's own)
     assert not any(p.invalid for p in form("run_noise_audit", ds, folds=2, image_size=16).values())
+
+
+def test_audit_form_offers_exactly_the_target_views_vector_fields(make_small_dataset, plugins_dir):
+    import numpy as np
+    from noise_audit.core.features import extract_features, get_backbone
+
+    ds = make_small_dataset(n_train=10, n_val=5)
+    raw, _ = extract_features(ds.values("filepath"), get_backbone(image_size=32), progress=False)
+    ds.set_values("clip", list(raw))  # VectorField
+    ds.set_values("pts", [[float(a), float(b)] for a, b in raw[:, :2]])  # ListField(FloatField), as compute_visualization
+    ds.set_values("grid", [np.zeros((2, 2)) for _ in range(len(ds))])  # ArrayField: offered, its values refused later
+    ds.set_values("note", ["x"] * len(ds))  # StringField: not offered
+    ds.set_values("counts", [[1, 2]] * len(ds))  # ListField(IntField)
+    ds.set_values("names", [["a", "b"]] * len(ds))  # ListField(StringField): not offered
+    view = ds.exclude_fields("pts")
+    from_images = "(none: compute features from the images)"
+    offered = form("run_noise_audit", ds, view, view_target="CURRENT_VIEW")["embeddings_field"]
+    assert offered.type.values == [from_images, "clip", "counts", "grid"] and offered.default == from_images
+    assert form("run_noise_audit", ds, view_target="DATASET")["embeddings_field"].type.values == [
+        from_images, "clip", "counts", "grid", "pts"]
+    # the image settings are offered only for features from the images
+    assert {"backbone", "weights", "image_size"} <= set(form("run_noise_audit", ds))
+    props = form("run_noise_audit", ds, embeddings_field="clip")
+    assert not {"backbone", "weights", "image_size"} & set(props) and not any(p.invalid for p in props.values())
+    # a field the target does not have (a stale choice) shows the library's message
+    error = form("run_noise_audit", ds, view, view_target="CURRENT_VIEW", embeddings_field="pts")["embeddings_field_error"]
+    assert error.invalid and error.error_message.startswith("Embeddings field 'pts' not found")
+
+    # executed: the field's vectors are the features; image settings left in the params are not passed
+    run_op("run_noise_audit", ds, label_field="ground_truth", key="by_clip", embeddings_field="clip",
+           backbone="resnet18", image_size=17)
+    config = ds.get_run_info("by_clip").config
+    assert config.embeddings_field == "clip" and config.backbone is None and config.image_size is None
+    assert nav.summary(ds, "by_clip")["embeddings_field"] == "clip"  # the panel says what the features were
+    assert all(s is not None for s in ds.values("by_clip_corruption_score"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -237,3 +237,93 @@ def reviewer(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise NoiseAuditError(f"reviewer must be a non-empty name of at most 200 characters, not {_shown(name, 'reviewer')}")
     return name.strip()
+
+
+# -- embeddings: a vector field used as the audit's features (core/embeddings.py reads it) --
+
+
+def vector_fields(samples: SampleCollection) -> list[str]:
+    """Names of the top-level fields of ``samples`` that can hold one vector per sample.
+
+    That is a ``VectorField`` (what ``compute_embeddings`` writes, and what
+    ``set_values`` of 1-d numpy arrays creates), an ``ArrayField``, or a
+    ``ListField`` of floats or integers (``compute_visualization``'s points,
+    ``set_values`` of lists). ``VectorField`` is not a subclass of
+    ``ArrayField`` in FiftyOne, so both are asked for.
+    """
+    import fiftyone as fo
+
+    arrays = samples.get_field_schema(ftype=[fo.VectorField, fo.ArrayField])
+    lists = samples.get_field_schema(ftype=fo.ListField, subfield=[fo.FloatField, fo.IntField])
+    return sorted(set(arrays) | set(lists))
+
+
+def embeddings_field(samples: SampleCollection, name: Any) -> str:
+    """``name`` if it is a vector field of ``samples`` (see :func:`vector_fields`); raises otherwise."""
+    schema = samples.get_field_schema()
+    if not isinstance(name, str) or name not in schema:
+        raise NoiseAuditError(f"Embeddings field {name!r} not found; vector fields here: {vector_fields(samples)}")
+    if name not in vector_fields(samples):
+        field = schema[name]
+        inner = getattr(field, "document_type", None) or getattr(field, "field", None)
+        kind = type(field).__name__ + (f"({getattr(inner, '__name__', type(inner).__name__)})" if inner else "")
+        raise NoiseAuditError(
+            f"Field {name!r} is a {kind}, not a vector field (VectorField, ArrayField or ListField of numbers); "
+            f"vector fields here: {vector_fields(samples)}")
+    return name
+
+
+def embedding_vectors(name: str, ids: Sequence[str] | np.ndarray, values: Sequence[Any]) -> np.ndarray:
+    """The vectors of field ``name`` as one float32 matrix, one row per sample of ``ids``.
+
+    One rule, one message each, in this order: every sample has a vector;
+    every value is a non-empty 1-d vector of numbers; all have the same
+    length; none holds NaN or inf (after the conversion to float32, so a value
+    beyond float32's range counts as inf).
+    """
+    missing = [i for i, v in zip(ids, values) if v is None]
+    if missing:
+        raise NoiseAuditError(
+            f"{len(missing)} of {len(ids)} samples have no vector in {name!r}, e.g. sample {missing[0]}; "
+            "compute the embeddings of every audited sample, or leave those samples out of the view")
+    shapes = []
+    for i, v in zip(ids, values):
+        try:
+            shape = np.shape(np.asarray(v, dtype=np.float64))
+        except (TypeError, ValueError):
+            shape = None
+        if shape is None or len(shape) != 1 or shape[0] == 0:
+            shown = "values that are not numbers" if shape is None else f"an array of shape {shape}"
+            raise NoiseAuditError(f"Field {name!r} holds {shown} for sample {i}, not a vector of numbers")
+        shapes.append(shape[0])
+    lengths = np.array(shapes)
+    dims, counts = np.unique(lengths, return_counts=True)
+    if len(dims) > 1:
+        odd = ids[int(np.flatnonzero(lengths != dims[counts.argmax()])[0])]
+        per_length = {int(d): int(c) for d, c in zip(dims, counts)}
+        raise NoiseAuditError(
+            f"Field {name!r} holds vectors of different lengths (length: samples) {per_length}, e.g. sample {odd}; "
+            "every audited sample needs a vector of the same length")
+    matrix = np.empty((len(values), int(lengths[0]) if len(lengths) else 0), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, refused below
+        for row, v in enumerate(values):
+            matrix[row] = np.asarray(v, dtype=np.float64)
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        raise NoiseAuditError(
+            f"{int(bad.sum())} of {len(ids)} samples have NaN or inf in their vector in {name!r}, "
+            f"e.g. sample {ids[int(np.flatnonzero(bad)[0])]}")
+    return matrix
+
+
+def image_settings_unused(field: str | None, given: Mapping[str, Any]) -> None:
+    """Raises when settings that only shape features computed from the images
+    (``given``: name -> value, those that differ from their defaults) come with an
+    embeddings field, whose vectors are the features: none of them would be used."""
+    if field is not None and given:
+        cli = any(k.startswith("--") for k in given)
+        shown = ", ".join(f"{k} {v}" if cli else f"{k}={v!r}" for k, v in given.items())
+        named = f"--embeddings-field {field}" if cli else f"embeddings_field={field!r}"
+        raise NoiseAuditError(
+            f"{shown}: these settings compute features from the images; with {named} the features are "
+            "the field's vectors, so leave them at their defaults")

@@ -202,6 +202,7 @@ def summary(samples: SampleCollection, key: str, truth_field: str | None = None)
     view = audited(samples, key)
     out = {
         "key": key, "label_field": config.label_field, "backbone": config.backbone,
+        "embeddings_field": config.get("embeddings_field"),  # None: features from the backbone
         "influence_method": config.influence_method, "n_samples": len(view),
         "n_flagged": len(view.match(F(fields["suspect"]) == True)),  # noqa: E712
         "num_label_issues": int(results.num_label_issues),
@@ -226,7 +227,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
              f"**{s['n_flagged']}** samples flagged as suspects.",
              "The corruption score is the estimated probability that the given label is wrong "
              "(0.7: about seven in ten labels scored so are wrong).",
-             f"Backbone {md(s['backbone'])}, influence by {md(s['influence_method'])}."]
+             (f"Features from the field {md(s['embeddings_field'])}" if s.get("embeddings_field")
+              else f"Backbone {md(s['backbone'])}") + f", influence by {md(s['influence_method'])}."]
     if s.get("labels_changed"):
         lines.insert(0, f"**Warning:** {md(s['labels_changed'])}")
     if s["truth_field"]:

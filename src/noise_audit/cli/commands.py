@@ -141,6 +141,15 @@ def _dask_client(spec):
     return connect(spec)
 
 
+def _check_embeddings_options(args: argparse.Namespace) -> None:
+    """--backbone, --weights or --image-size given with --embeddings-field: refused under
+    the options' names (their defaults are the library's, which refuses the same)."""
+    from noise_audit.core.auditing import image_settings_given
+
+    given = image_settings_given(backbone=args.backbone, weights=args.weights, image_size=args.image_size)
+    validation.image_settings_unused(args.embeddings_field, {f"--{k.replace('_', '-')}": v for k, v in given.items()})
+
+
 def cmd_audit(args: argparse.Namespace) -> str:
     from noise_audit.core.auditing import audit
     from noise_audit.reports.summary import check_out_dir
@@ -154,12 +163,13 @@ def cmd_audit(args: argparse.Namespace) -> str:
         validation.truth_field(view, args.truth_field, both_values=True, optional=True)
     elif args.truth_field:
         raise NoiseAuditError("--truth-field is for the report: pass --report DIR too")
+    _check_embeddings_options(args)
     client = _dask_client(args.dask)
     try:
         r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
                   weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
                   folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
-                  device=args.device, client=client,
+                  device=args.device, client=client, embeddings_field=args.embeddings_field,
                   warm_start=True if args.warm_start == "auto" else args.warm_start)
     finally:
         if client is not None:

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet18"])
     a.add_argument("--weights", help="'imagenet' (the default), a local state-dict path, or 'random' (resnet18 only)")
     a.add_argument("--image-size", type=int, default=224)
+    a.add_argument("--embeddings-field", metavar="FIELD",
+                   help="audit on this vector field of the samples (e.g. what compute_embeddings wrote) instead of "
+                        "features computed from the images; --backbone, --weights and --image-size then stay unset")
     a.add_argument("--method", default="auto")
     a.add_argument("--regularization", default="3.0", help="L2 strength of the head, or 'auto'")
     a.add_argument("--folds", type=int, default=5)

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional, cast
 
 import numpy as np
 from scipy.special import softmax
@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 
 from noise_audit import validation
 from noise_audit._version import __version__
-from noise_audit.core import distributed, finetune, noise_model, pipeline, scores, suggestions
+from noise_audit.core import distributed, embeddings, finetune, noise_model, pipeline, scores, suggestions
 from noise_audit.core import warm_start as warm
 from noise_audit.core import features as feats
 from noise_audit.core.backbones import Backbone, get_backbone
@@ -146,6 +146,7 @@ def audit(
     device: torch.device | str | None = "auto",
     client: Client | None = None,
     warm_start: str | bool | None = None,
+    embeddings_field: str | None = None,
 ) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -196,12 +197,21 @@ def audit(
         client: a ``dask.distributed.Client``: features, head, folds and
             influence are computed on its workers, by row blocks (see
             :mod:`noise_audit.core.distributed`); for the linear head
-            (``method`` auto or linear).
+            (``method`` auto or linear). With ``embeddings_field`` the
+            field's vectors are read here and scattered to the workers.
         warm_start: start the linear head from an earlier audit's head (a
             re-audit after a review): its key, ``True`` for the newest audit
             on this dataset with the same backbone and image size, or
             ``None`` (a cold start). Same minimum, fewer steps; see
             :mod:`noise_audit.core.warm_start`.
+        embeddings_field: audit on this vector field of the samples instead
+            of features computed from the images (see
+            :mod:`noise_audit.core.embeddings`): e.g. the field
+            ``compute_embeddings`` wrote. No image is read and no backbone
+            runs; ``backbone``, ``weights``, ``transform``, ``image_size`` and
+            ``train_last_block`` must stay at their defaults. The run's config
+            records the field and a fingerprint of its vectors, and
+            explanations refuse to run once the vectors change.
 
     Returns:
         an :class:`AuditResults`.
@@ -214,6 +224,11 @@ def audit(
         image_size = validation.image_size(image_size)
     method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
+    if embeddings_field is not None:  # the field's vectors are the features: nothing is computed from pixels
+        validation.image_settings_unused(embeddings_field, image_settings_given(
+            backbone=backbone, weights=weights, transform=transform, image_size=image_size,
+            train_last_block=train_last_block))
+        validation.embeddings_field(samples, embeddings_field)
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
@@ -222,11 +237,22 @@ def audit(
     t_start = time.perf_counter()
 
     clock.start("features")
-    bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
-    start_from = warm.choose(samples._dataset, warm_start, bb.cache_id, image_size) if make_head is None else None
     columns = {"y": data.labels, "train": ~is_test, "fold": pipeline.fold_ids(data.labels, folds, seed)}
-    features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
-                         on_progress, client)
+    if embeddings_field is None:
+        bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
+        source = dict(backbone=bb.name, backbone_id=bb.cache_id, image_size=image_size,
+                      weights=weights if isinstance(weights, (str, type(None))) else str(weights))
+        features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
+                             on_progress, client)
+    else:
+        raw = embeddings.read_vectors(samples, embeddings_field, data.ids)
+        make_head, source = None, dict(backbone=None, backbone_id=None, image_size=None, weights=None,
+                                       **embeddings.source_config(embeddings_field, raw))
+        features = _standardized(raw, columns, False, 0, client)
+        del raw  # only the standardised copy is kept
+    start_from = (warm.choose(samples._dataset, warm_start, cast(Optional[str], source["backbone_id"]),
+                              cast(Optional[int], source["image_size"]), embeddings_field)
+                  if make_head is None else None)
     clock.stop()
     init = (warm.carried_head(samples._dataset, start_from, data.classes, features.mean, features.std)
             if start_from else None)
@@ -243,9 +269,7 @@ def audit(
     suggested = suggestions.suggested_labels(data.labels, signals["corruption_score"], true_class)
     clock.stop()
     config = dict(
-        label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
-        weights=weights if isinstance(weights, (str, type(None))) else str(weights),
-        image_size=image_size, influence_method=out.influence_method, method_requested=method,
+        label_field=label_field, **source, influence_method=out.influence_method, method_requested=method,
         regularization=out.l2, regularization_requested=str(regularization), folds=folds, seed=seed,
         split=split, n_samples=len(data.labels), n_train=int((~is_test).sum()), n_test=int(is_test.sum()),
         n_parameters=infl.n_parameters(out.head), fields=audit_fields(key), version=__version__,
@@ -299,6 +323,15 @@ class _Features:
     n_computed: int
 
 
+def image_settings_given(**settings):
+    """The settings among ``settings`` that differ from :func:`audit`'s defaults."""
+    import inspect
+
+    defaults = inspect.signature(audit).parameters
+    return {name: value for name, value in settings.items()
+            if not (value is defaults[name].default or value == defaults[name].default)}
+
+
 def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_progress, client):
     """Stage 2: the backbone's features of ``paths``, standardised on the training rows."""
     if client is not None:
@@ -308,6 +341,14 @@ def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_
         paths, bb, batch_size, cache_dir, progress,
         on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
     )
+    return _standardized(raw, columns, raw_maps, n_computed, None)
+
+
+def _standardized(raw, columns, raw_maps, n_computed, client):
+    """Raw features (the backbone's, or an embeddings field's) standardised on the training rows."""
+    if client is not None:
+        blocks, mean, std = distributed.array_blocks(client, raw, columns)
+        return _Features(None, blocks, mean, std, n_computed)
     if raw_maps:  # a fine-tuned block's own batch norm expects the raw maps
         mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
     else:

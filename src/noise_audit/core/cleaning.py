@@ -66,11 +66,31 @@ def _column(block: dict[str, Any], name: str) -> Any:
     return block[name]
 
 
+def _audited_features(dataset: Dataset, config: Mapping[str, Any], results: AuditResults) -> np.ndarray:
+    """The raw features of the audited samples, in the audit's order, as the audit
+    had them: its embeddings field's vectors (unchanged since), else its backbone's."""
+    from noise_audit.core import embeddings
+    from noise_audit.core import features as feats
+    from noise_audit.core.auditing import build_backbone
+    from noise_audit.errors import NoiseAuditError
+
+    audited = list(results.ids)
+    if config.get("embeddings_field"):
+        return embeddings.audit_vectors(dataset, config, results.key, audited, audited)
+    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False)
+    if bb.cache_id != config.get("backbone_id"):
+        raise NoiseAuditError("The backbone's features changed since the audit; re-run the audit")
+    path_of = dict(zip(*dataset.select(audited).values(["id", "filepath"])))
+    raw, _ = feats.extract_features([path_of[i] for i in audited], bb, cache_dir=config.get("cache_dir"),
+                                    progress=False)
+    return cast(np.ndarray, raw)
+
+
 def audit_cleaning_gain(dataset: Dataset, config: Mapping[str, Any], results: AuditResults, truth: npt.ArrayLike,
                         suspect: npt.ArrayLike, ids: npt.ArrayLike | None = None, seed: int = 0) -> dict[str, Any]:
     """What cleaning buys for a stored audit, against the known truth.
 
-    Refits the audit's head (its features from the cache, its standardisation
+    Refits the audit's head (its features from the cache or its embeddings field, its standardisation
     and L2) on the training samples minus: the flagged suspects; as many
     random training samples; exactly the flipped ones. Held-out accuracy of
     each, and of the audit's head as it is (``none``).
@@ -103,23 +123,16 @@ def audit_cleaning_gain(dataset: Dataset, config: Mapping[str, Any], results: Au
 
 
 def audit_features(dataset: Dataset, config: Mapping[str, Any], results: AuditResults, what: str) -> np.ndarray:
-    """The audit's standardised features of its samples, in its order, from the feature cache.
+    """The audit's standardised features of its samples, in its order: from its
+    embeddings field (unchanged since the audit) or its backbone's feature cache.
 
     ``what`` names the measurement in the error raised for an audit whose
-    features cannot be had again (a fine-tuned block, a changed backbone).
+    features cannot be had again (a fine-tuned block, a changed backbone or field).
     """
-    from noise_audit.core.auditing import build_backbone
-    from noise_audit.core import features as feats
     from noise_audit.errors import NoiseAuditError
 
     if config.get("train_last_block"):
         raise NoiseAuditError(f"{what} is measured for the linear head only (not train_last_block)")
-    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False)
-    if bb.cache_id != config.get("backbone_id"):
-        raise NoiseAuditError("The backbone's features changed since the audit; re-run the audit")
-    audited = np.asarray(results.ids)
-    path_of = dict(zip(*dataset.select(list(audited)).values(["id", "filepath"])))
-    raw, _ = feats.extract_features([path_of[i] for i in audited], bb, cache_dir=config.get("cache_dir"),
-                                    progress=False)
+    raw = _audited_features(dataset, config, results)
     std = np.array([np.inf if v is None else v for v in results.feature_std])
     return (cast(np.ndarray, raw) - np.array(results.feature_mean)) / std

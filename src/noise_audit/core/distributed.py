@@ -6,7 +6,8 @@ With ``na.audit(..., client=dask.distributed.Client(...))`` (CLI:
 - the images are cut into partitions of :data:`~noise_audit.core.blocks.BLOCK_ROWS`
   rows and each worker computes the features of its partitions (through the
   feature cache, so workers must see the image files and, to share it, the
-  cache directory);
+  cache directory); features read from an embeddings field are scattered to
+  the workers in the same partitions instead (:func:`array_blocks`);
 - the features stay on the workers as row blocks, standardised there (two
   passes of sums: means, then squared deviations);
 - the head, every cross-validation fold, the Hessian-vector products, the
@@ -79,13 +80,33 @@ def feature_blocks(client: Client, filepaths: Sequence[str] | np.ndarray, backbo
     raw = Blocks([client.submit(_extract, p, bb, batch_size, cache_dir, pure=False) for p in parts],
                  [e - s for s, e in bounds], client)
     n_computed = int(sum(raw.map(_computed)))
+    return (*_standardized(raw), n_computed)
+
+
+def array_blocks(client: Client, raw: np.ndarray, columns: Mapping[str, Any]) -> tuple[Blocks, np.ndarray, np.ndarray]:
+    """Features this process already holds (an embeddings field's vectors),
+    scattered to the workers in row blocks and standardised there as
+    :func:`feature_blocks` does: ``(blocks, mean, scale)``.
+
+    The matrix is sent once, a block at a time; this process keeps its float32
+    copy, never the float64 standardised one.
+    """
+    n = len(raw)
+    bounds = [(s, min(s + BLOCK_ROWS, n)) for s in range(0, n, BLOCK_ROWS)]
+    parts = client.scatter([{"raw": raw[s:e], "computed": 0, **{k: np.asarray(v[s:e]) for k, v in columns.items()}}
+                            for s, e in bounds])
+    return _standardized(Blocks(parts, [e - s for s, e in bounds], client))
+
+
+def _standardized(raw: Blocks) -> tuple[Blocks, np.ndarray, np.ndarray]:
+    """Raw feature blocks standardised on their training rows: ``(blocks, mean, scale)``."""
     # Two passes, as np.mean / np.std do: the mean, then squared deviations from it.
     total, count = raw.map_sum(_sum_rows)
     mean = total / count
     squares, _ = raw.map_sum(_squared_deviations, mean)
     std = np.sqrt(squares / count)
     scale = feats.scale_from_spread(std)
-    return raw.apply(_standardize, mean, scale), mean, scale, n_computed
+    return raw.apply(_standardize, mean, scale), mean, scale
 
 
 def _extract(part, backbone, batch_size, cache_dir):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from noise_audit.core import embeddings
 from noise_audit.core import features as feats
 from noise_audit.core import influence as infl
 from noise_audit.errors import NoiseAuditError
@@ -24,9 +25,11 @@ if TYPE_CHECKING:
 
 
 def _audit_model(config, results):
-    """The audit's feature extractor and trained head, rebuilt."""
+    """The audit's feature extractor (``None`` for features read from a field) and trained head, rebuilt."""
     import torch
 
+    if config.get("embeddings_field"):
+        return None, LinearHead.from_state(results.head)
     bb, make_head = build_backbone(config.backbone, config.weights, None, config.image_size, config.seed,
                                    getattr(config, "train_last_block", False))
     if make_head is None:
@@ -37,12 +40,18 @@ def _audit_model(config, results):
 
 
 def _audit_features(dataset, config, results, ids, bb):
-    if bb.cache_id != config.backbone_id:
-        raise NoiseAuditError("The backbone's features changed since the audit (weights or code); re-run the audit")
-    # ids may repeat (a training sample explained against its own training set):
-    # select() would drop the repeat, so look paths up by id instead.
-    path_of = dict(zip(*dataset.select(list(dict.fromkeys(ids))).values(["id", "filepath"])))
-    raw, _ = feats.extract_features([path_of[i] for i in ids], bb, cache_dir=config.cache_dir, progress=False)
+    """The standardised features of ``ids`` as the audit computed them: from its
+    embeddings field (unchanged since, see :func:`~noise_audit.core.embeddings.audit_vectors`),
+    else from its backbone."""
+    if bb is None:
+        raw = embeddings.audit_vectors(dataset, config, results.key, results.ids, ids)
+    else:
+        if bb.cache_id != config.backbone_id:
+            raise NoiseAuditError("The backbone's features changed since the audit (weights or code); re-run the audit")
+        # ids may repeat (a training sample explained against its own training set):
+        # select() would drop the repeat, so look paths up by id instead.
+        path_of = dict(zip(*dataset.select(list(dict.fromkeys(ids))).values(["id", "filepath"])))
+        raw, _ = feats.extract_features([path_of[i] for i in ids], bb, cache_dir=config.cache_dir, progress=False)
     mean = np.array(results.feature_mean)
     std = np.array([np.inf if v is None else v for v in results.feature_std])  # None: dropped (see audit)
     return (raw - mean) / std

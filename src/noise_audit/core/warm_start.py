@@ -36,10 +36,14 @@ if TYPE_CHECKING:
     from noise_audit.core.head import LinearHead
 
 
-def _compatible(config: Any, results: Any, backbone_id: str, image_size: int) -> str | None:
+def _compatible(config: Any, results: Any, backbone_id: str | None, image_size: int | None,
+                embeddings_field: str | None = None) -> str | None:
     """Why the audit's head cannot start this one, or ``None`` if it can."""
     if getattr(config, "train_last_block", False) or not isinstance(results.head, dict) or "weight" not in results.head:
         return "it trained the backbone's last block too (only a linear head can start another)"
+    if config.get("embeddings_field") != embeddings_field:  # features from another field, or from pixels
+        return (f"its features came from {config.get('embeddings_field') or 'a backbone'}, "
+                f"here from {embeddings_field or 'a backbone'}")
     if config.get("image_size") != image_size:
         return f"its image size differs ({config.get('image_size')}, here {image_size})"
     if config.get("backbone_id") != backbone_id:
@@ -47,7 +51,8 @@ def _compatible(config: Any, results: Any, backbone_id: str, image_size: int) ->
     return None
 
 
-def choose(dataset: Dataset, warm_start: str | bool | None, backbone_id: str, image_size: int) -> str | None:
+def choose(dataset: Dataset, warm_start: str | bool | None, backbone_id: str | None, image_size: int | None,
+           embeddings_field: str | None = None) -> str | None:
     """The audit whose head starts this one (see the module doc), or ``None``."""
     from noise_audit.store.runs import is_audit, list_audits, load_audit
 
@@ -57,14 +62,14 @@ def choose(dataset: Dataset, warm_start: str | bool | None, backbone_id: str, im
         keys = sorted(list_audits(dataset), key=lambda k: dataset.get_run_info(k).timestamp, reverse=True)
         for key in keys:
             config, results = load_audit(dataset, key)
-            if _compatible(config, results, backbone_id, image_size) is None:
+            if _compatible(config, results, backbone_id, image_size, embeddings_field) is None:
                 return key
         return None
     if not isinstance(warm_start, str) or not is_audit(dataset, warm_start):
         raise NoiseAuditError(f"warm_start must be True, False or the key of an audit on this dataset "
                               f"({list_audits(dataset)}), not {warm_start!r}")
     config, results = load_audit(dataset, warm_start)
-    why = _compatible(config, results, backbone_id, image_size)
+    why = _compatible(config, results, backbone_id, image_size, embeddings_field)
     if why:
         raise NoiseAuditError(f"Audit {warm_start!r} cannot warm-start this one: {why}")
     return warm_start
