@@ -157,7 +157,8 @@ def cmd_audit(args: argparse.Namespace) -> str:
     client = _dask_client(args.dask)
     try:
         r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
-                  weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
+                  weights=args.weights, image_size=args.image_size, precision=args.precision, method=args.method,
+                  regularization=reg,
                   folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
                   device=args.device, client=client)
     finally:

@@ -102,13 +102,15 @@ class _Clock:
 
 def build_backbone(backbone: str | torch.nn.Module | Backbone, weights: str | os.PathLike[str] | None,
                    transform: Callable[[Image.Image], torch.Tensor] | None, image_size: int, seed: int,
-                   train_last_block: bool) -> tuple[Backbone, Callable[[int], torch.nn.Module] | None]:
+                   train_last_block: bool, precision: str = "fp32", device: torch.device | str | None = None,
+                   ) -> tuple[Backbone, Callable[[int], torch.nn.Module] | None]:
     """``(feature extractor, make_head or None)`` for an audit's settings."""
-    bb = get_backbone(backbone, weights, transform, image_size, seed)
+    bb = get_backbone(backbone, weights, transform, image_size, seed, precision=precision, device=device)
     if not train_last_block:
         return bb, None
     trunk, make_head = finetune.trunk_and_block(bb)
-    trunk_bb = Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk")
+    trunk_bb = Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk",
+                        precision=bb.precision, decode=bb.decode)
     return trunk_bb, make_head
 
 
@@ -130,6 +132,7 @@ def audit(
     weights: str | os.PathLike[str] | None = None,
     transform: Callable[[Image.Image], torch.Tensor] | None = None,
     image_size: int = 224,
+    precision: str = "fp32",
     method: str = "auto",
     regularization: float | str = DEFAULT_L2,
     folds: int = 5,
@@ -166,6 +169,11 @@ def audit(
             ``"imagenet"`` or a local state-dict path.
         transform: PIL image -> tensor, for custom backbones.
         image_size: input side length for the named backbones.
+        precision: how the backbone runs: ``"fp32"`` (default, exact),
+            ``"bf16"`` (bfloat16 where the CPU or GPU has it natively; an
+            error elsewhere) or ``"auto"`` (bf16 where supported and allowed
+            by the quality grid, else fp32); see
+            :mod:`noise_audit.core.backbones`.
         method: pyDVL influence solver, ``"auto"`` or one of
             :data:`noise_audit.methods.METHODS`.
         regularization: L2 strength of the head (mean-loss scale), or
@@ -202,6 +210,7 @@ def audit(
         image_size = validation.image_size(image_size)
     method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
+    precision = validation.precision(precision)
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
     is_test, split = _resolve_test(samples, data, test, seed)
@@ -210,7 +219,10 @@ def audit(
     t_start = time.perf_counter()
 
     clock.start("features")
-    bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
+    bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block, precision,
+                                   device)
+    if client is None:
+        bb.to(device)  # the backbone runs where the head does (extract_features keeps it there)
     columns = {"y": data.labels, "train": ~is_test, "fold": pipeline.fold_ids(data.labels, folds, seed)}
     features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
                          on_progress, client)
@@ -227,7 +239,7 @@ def audit(
     config = dict(
         label_field=label_field, backbone=bb.name, backbone_id=bb.cache_id,
         weights=weights if isinstance(weights, (str, type(None))) else str(weights),
-        image_size=image_size, influence_method=out.influence_method, method_requested=method,
+        image_size=image_size, precision=bb.precision, influence_method=out.influence_method, method_requested=method,
         regularization=out.l2, regularization_requested=str(regularization), folds=folds, seed=seed,
         split=split, n_samples=len(data.labels), n_train=int((~is_test).sum()), n_test=int(is_test.sum()),
         n_parameters=infl.n_parameters(out.head), fields=audit_fields(key), version=__version__,

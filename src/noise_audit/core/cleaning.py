@@ -87,7 +87,8 @@ def audit_cleaning_gain(dataset: Dataset, config: Mapping[str, Any], results: Au
 
     if config.get("train_last_block"):
         raise NoiseAuditError("What cleaning buys is measured for the linear head only (not train_last_block)")
-    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False)
+    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False,
+                           config.get("precision", "fp32"))
     if bb.cache_id != config.get("backbone_id"):
         raise NoiseAuditError("The backbone's features changed since the audit; re-run the audit")
     audited = np.asarray(results.ids)
