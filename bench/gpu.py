@@ -7,7 +7,9 @@ the same functions, on one device (``device="cuda"``):
 
 1. **features**: ``noise_audit.core.features.extract_features`` (images decoded and
    resized by DataLoader worker processes, EfficientNet-Lite0 with ImageNet
-   weights on the device) at ``--image-size`` (224 px by default);
+   weights on the device, channels-last, at ``--precision``: fp32 by default,
+   as ``na.audit``; bf16 on GPUs that have it) at ``--image-size`` (224 px by
+   default);
 2. the standardisation, the folds and **head, cross-validation and
    influence**: ``noise_audit.core.pipeline.linear_signals`` on
    ``noise_audit.core.blocks.Blocks`` held on the device (the linear head's closed
@@ -165,6 +167,8 @@ def main():
     p.add_argument("--n-train", type=int, default=None, help="stratified subset of train/ (default all)")
     p.add_argument("--n-test", type=int, default=None, help="stratified subset of test/ (default all)")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="the backbone's precision, as na.audit(precision=...)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
     p.add_argument("--l2", type=float, default=3.0, help="the library's default (noise_audit.core.auditing.DEFAULT_L2)")
@@ -205,7 +209,8 @@ def main():
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    backbone = lib.features.get_backbone("efficientnet_lite0", weights=args.weights, image_size=args.image_size)
+    backbone = lib.features.get_backbone("efficientnet_lite0", weights=args.weights, image_size=args.image_size,
+                                         precision=args.precision, device=device)
     log(f"{len(paths)} images listed; {args.workers} decoding workers, device {device}")
 
     runs = []
@@ -244,6 +249,7 @@ def main():
         "command": " ".join(["python", "bench/gpu.py", *sys.argv[1:]]),
         "machine": machine(), "device": str(device), "data": str(args.data), "test_split": test_split,
         "n_train": int(len(tp)), "n_test": int(len(vp)), "n_classes": len(classes), "image_size": args.image_size,
+        "precision": backbone.precision, "backbone_id": backbone.cache_id,
         "workers": args.workers, "batch_size": args.batch_size, "l2": args.l2,
         "folds": args.folds, "fraction": args.fraction, "seed": args.seed, "n_flipped": int(flipped.sum()),
         "setup_s": setup_s, "target_s": args.target_s, "target_met": bool(total < args.target_s),

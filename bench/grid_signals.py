@@ -11,10 +11,19 @@ on the tuning cells without recomputing the heads.
 
     python bench/grid_signals.py --data ten64 --seeds 0 1            # the tuning cells
     python bench/grid_signals.py                                      # everything
+
+The same grid with bfloat16 features (``--precision bf16``, into
+``.cache/grid-bf16``), for ``bench/precision_study.py`` to compare cell by cell
+with the fp32 grid. ``--flips-from`` takes the flips from another grid's clean
+audit (the ``confusion`` and ``influential`` strategies pick them from it), so
+both grids audit the very same noisy labels and differ only in the features::
+
+    python bench/grid_signals.py --precision bf16 --data pair224 ten64 --flips-from /work/main/.cache/grid
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
@@ -28,7 +37,7 @@ DATA = ("pair224", "ten64", "cifar32")
 OUT = ROOT / ".cache" / "grid"
 
 
-def load(data):
+def load(data, precision="fp32"):
     """``(raw features, clean labels, is_test, classes)`` of a grid data set."""
     from noise_audit.core import features as feats
 
@@ -45,7 +54,7 @@ def load(data):
         paths, y = np.concatenate([p_tr, p_te]), np.concatenate([y_tr, y_te])
         test = np.r_[np.zeros(len(p_tr), bool), np.ones(len(p_te), bool)]
         size = 32
-    bb = feats.get_backbone("efficientnet_lite0", image_size=size)
+    bb = feats.get_backbone("efficientnet_lite0", image_size=size, precision=precision)
     raw, _ = feats.extract_features(list(paths), bb, progress=False)
     return raw, y, test, classes
 
@@ -85,18 +94,25 @@ def main():
     p.add_argument("--rates", nargs="+", type=float, default=list(RATES))
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--redo", action="store_true", help="recompute cells already stored")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the backbone's precision")
+    p.add_argument("--out", type=Path, default=None, help="default .cache/grid, or .cache/grid-bf16 for bf16")
+    p.add_argument("--flips-from", type=Path, default=None,
+                   help="a grid whose clean audits pick the flips (default: this grid's own)")
     args = p.parse_args()
     from noise_audit.core.flips import choose_flips
 
+    root = args.out or (OUT if args.precision == "fp32" else OUT.with_name(f"grid-{args.precision}"))
     for data in args.data:
         t = time.perf_counter()
-        raw, y, is_test, classes = load(data)
-        out = OUT / data
+        raw, y, is_test, classes = load(data, args.precision)
+        out = root / data
         out.mkdir(parents=True, exist_ok=True)
         clean_file = out / "clean.npz"
         if args.redo or not clean_file.is_file():
             np.savez(clean_file, y=y, is_test=is_test, **run_cell(raw, y, is_test, len(classes), 0))
-        clean = np.load(clean_file)
+        clean = np.load(args.flips_from / data / "clean.npz" if args.flips_from else clean_file)
+        if not np.array_equal(clean["y"], y):
+            raise SystemExit(f"{data}: the clean labels of --flips-from differ from this data set's")
         print(f"[{data}] {len(y)} samples, {len(classes)} classes, features + clean audit "
               f"{time.perf_counter() - t:.1f} s", flush=True)
         train = np.flatnonzero(~is_test)

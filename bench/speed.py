@@ -1,4 +1,4 @@
-"""Speed: the influence step against the seed's way, every estimator, the audit stages, growth with n.
+"""Speed: the influence step against the seed's way, every estimator, the audit stages, growth with n, cold features.
 
 Parts (all by default, in one run):
 
@@ -29,9 +29,15 @@ Parts (all by default, in one run):
   the same cached features: scikit-learn ``LogisticRegression`` +
   ``cross_val_predict`` (5 folds) + ``cleanlab.filter.find_label_issues``.
 
-    python bench/speed.py                          # all parts
+- ``cold``, ``decode``, ``cold_audit`` (not in the default run: they take
+  long): feature extraction with nothing cached against the forward-pass
+  floor, today's path beside it; decoding against the forward pass; a cold
+  audit of 10,500 CIFAR-10 images at 224 px (see ``bench/feature_speed.py``).
+
+    python bench/speed.py                          # influence, stages, scaling
     python bench/speed.py --parts influence stages
     python bench/speed.py --parts scaling --sizes 1000 5000 20000 50000
+    python bench/speed.py --parts cold decode cold_audit --merge
 """
 
 import argparse
@@ -354,8 +360,15 @@ def scaling_summary(sizes, feat_info, t_ds, points):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", nargs="+", choices=("influence", "stages", "scaling"),
+    p.add_argument("--parts", nargs="+", choices=("influence", "stages", "scaling", "cold", "decode", "cold_audit"),
                    default=["influence", "stages", "scaling"])
+    p.add_argument("--cold-images", type=int, default=256, help="cold: CIFAR-10 images per throughput run")
+    p.add_argument("--cold-rounds", type=int, default=2, help="cold, decode: interleaved rounds (best kept)")
+    p.add_argument("--decode-images", type=int, default=128, help="decode: images per source size")
+    p.add_argument("--decode-workers", type=int, nargs="*", default=[1, 2, 3],
+                   help="decode: worker counts to time cold extraction with (none: decoding costs only)")
+    p.add_argument("--audit-precisions", nargs="+", default=["fp32", "bf16"], choices=("legacy", "fp32", "bf16"),
+                   help="cold_audit: the paths to time (legacy: today's NCHW fp32 PIL path)")
     p.add_argument("--repeats", type=int, default=3, help="best of N for the fast timings")
     p.add_argument("--seed-repeats", type=int, default=1, help="best of N for the seed's full-matrix way")
     p.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS))
@@ -387,6 +400,15 @@ def main():
 
         out["scaling"] = part_scaling(args.sizes, on_point=save_point)
         write_json("speed", out)
+    import feature_speed
+
+    for part, run in (("cold", lambda: feature_speed.part_cold(args.cold_images, args.cold_rounds)),
+                      ("decode", lambda: feature_speed.part_decode(args.decode_images, args.cold_rounds,
+                                                                 args.decode_workers)),
+                      ("cold_audit", lambda: feature_speed.part_cold_audit(args.audit_precisions))):
+        if part in args.parts:
+            out[part] = run()
+            write_json("speed", out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import fiftyone.operators.types as types
 import noise_audit as na
 from noise_audit import validation
 from noise_audit.app import views as nav
+from noise_audit.core.backbones import resolve_precision
 from noise_audit.core.data import classification_fields
 from noise_audit.core.embeddings import vector_fields
 from noise_audit.errors import NoiseAuditError
-from noise_audit.methods import BACKBONES, METHODS
+from noise_audit.methods import BACKBONES, METHODS, PRECISIONS
 from noise_audit.noise import STRATEGIES, check_targets, default_noisy_field, injected_fields
 from noise_audit.reports.markdown import md
 from noise_audit.store.runs import check_key, list_audits
@@ -50,7 +51,7 @@ IMAGE_PARAMS = ("backbone", "weights", "image_size")
 INJECT_PARAMS = ("label_field", "fraction", "seed", "noisy_field", "flag_field", "strategy")
 REMOVE_PARAMS = ("noisy_field", "flag_field")
 AUDIT_PARAMS = ("label_field", "key", "overwrite", "backbone", "weights", "method", "regularization", "folds",
-                "image_size", "device")
+                "image_size", "precision", "device")
 REPORT_PARAMS = ("key", "out_dir", "truth_field")
 
 
@@ -258,7 +259,7 @@ class RunNoiseAudit(foo.Operator):
         embeddings_field = _embeddings_field_input(ctx, inputs, target)
         if embeddings_field is None:
             inputs.enum("backbone", list(BACKBONES), default=d["backbone"], label="Backbone",
-                        description="efficientnet_lite0 ships its ImageNet weights; resnet18 downloads them once (offline: give a path, or 'random')",
+                        description="efficientnet_lite0 and efficientnet_lite2 ship their ImageNet weights; resnet18 downloads them once (offline: give a path, or 'random')",
                         view=types.RadioGroup())
             inputs.str("weights", label="Weights file (optional)", description="Local state-dict path; empty = the backbone's ImageNet weights")
         inputs.enum("method", list(dict.fromkeys((d["method"],) + METHODS)), default=d["method"], label="Influence solver",
@@ -268,10 +269,15 @@ class RunNoiseAudit(foo.Operator):
         inputs.int("folds", default=d["folds"], label="Cross-validation folds (cleanlab)")
         if embeddings_field is None:
             inputs.int("image_size", default=d["image_size"], label="Image size (px)")
+            inputs.enum("precision", list(PRECISIONS), default=d["precision"], label="Precision",
+                        description="fp32: exact; bf16: about 2x faster where the CPU (AVX-512 BF16, AMX) or GPU has it, "
+                        "features differ slightly; auto: bf16 where supported and allowed by the quality grid",
+                        view=types.DropdownView())
         inputs.enum("device", list(dict.fromkeys((d["device"], "cpu", "cuda"))), default=d["device"], label="Device",
                     description=f"{d['device']}: a CUDA GPU when the server has one, else the CPU", view=types.DropdownView())
         _check_params(ctx, inputs, {"regularization": validation.regularization, "folds": validation.folds,
-                                    **({"image_size": validation.image_size} if embeddings_field is None else {})})
+                                    **({"image_size": validation.image_size, "precision": resolve_precision}
+                                       if embeddings_field is None else {})})
         if len(target) == 0:
             _error(inputs, "The target view is empty")
         elif label_field:

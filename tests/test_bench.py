@@ -36,7 +36,7 @@ def test_gpu_script_runs_on_cpu_at_small_n(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "gpu_small.json").read_text())
-    assert out["device"] == "cpu"
+    assert out["device"] == "cpu" and out["precision"] == "fp32"  # the audit's default
     assert (out["n_train"], out["n_test"], out["n_classes"]) == (100, 40, 2)
     assert out["n_flipped"] == 10  # 10% uniform flips of the training labels
     run = out["runs"][0]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from noise_audit.errors import NoiseAuditError
-from noise_audit.methods import BLOCK_DEFAULT_METHOD, BLOCK_METHODS, METHODS
+from noise_audit.methods import BLOCK_DEFAULT_METHOD, BLOCK_METHODS, METHODS, PRECISIONS
 
 if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection
@@ -83,6 +83,14 @@ def regularization(value: Any, name: str = "regularization") -> float | str:
 
 def image_size(value: Any, name: str = "image_size") -> int:
     return integer(value, name, 1, " (pixels)")
+
+
+def precision(value: Any, name: str = "precision") -> str:
+    """One of :data:`~noise_audit.methods.PRECISIONS` (whether the machine runs
+    it is :func:`noise_audit.core.backbones.resolve_precision`'s check)."""
+    if not (isinstance(value, str) and value in PRECISIONS):
+        raise NoiseAuditError(f"{name} must be one of {PRECISIONS}, not {_shown(value, name)}")
+    return value
 
 
 def seed(value: Any, name: str = "seed") -> int:

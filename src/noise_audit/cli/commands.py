@@ -142,11 +142,12 @@ def _dask_client(spec):
 
 
 def _check_embeddings_options(args: argparse.Namespace) -> None:
-    """--backbone, --weights or --image-size given with --embeddings-field: refused under
-    the options' names (their defaults are the library's, which refuses the same)."""
+    """--backbone, --weights, --image-size or --precision given with --embeddings-field: refused
+    under the options' names (their defaults are the library's, which refuses the same)."""
     from noise_audit.core.auditing import image_settings_given
 
-    given = image_settings_given(backbone=args.backbone, weights=args.weights, image_size=args.image_size)
+    given = image_settings_given(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                                 precision=args.precision)
     validation.image_settings_unused(args.embeddings_field, {f"--{k.replace('_', '-')}": v for k, v in given.items()})
 
 
@@ -167,7 +168,8 @@ def cmd_audit(args: argparse.Namespace) -> str:
     client = _dask_client(args.dask)
     try:
         r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
-                  weights=args.weights, image_size=args.image_size, method=args.method, regularization=reg,
+                  weights=args.weights, image_size=args.image_size, precision=args.precision, method=args.method,
+                  regularization=reg,
                   folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
                   device=args.device, client=client, embeddings_field=args.embeddings_field,
                   warm_start=True if args.warm_start == "auto" else args.warm_start)

@@ -105,13 +105,15 @@ class _Clock:
 
 def build_backbone(backbone: str | torch.nn.Module | Backbone, weights: str | os.PathLike[str] | None,
                    transform: Callable[[Image.Image], torch.Tensor] | None, image_size: int, seed: int,
-                   train_last_block: bool) -> tuple[Backbone, Callable[[int], torch.nn.Module] | None]:
+                   train_last_block: bool, precision: str = "fp32", device: torch.device | str | None = None,
+                   ) -> tuple[Backbone, Callable[[int], torch.nn.Module] | None]:
     """``(feature extractor, make_head or None)`` for an audit's settings."""
-    bb = get_backbone(backbone, weights, transform, image_size, seed)
+    bb = get_backbone(backbone, weights, transform, image_size, seed, precision=precision, device=device)
     if not train_last_block:
         return bb, None
     trunk, make_head = finetune.trunk_and_block(bb)
-    trunk_bb = Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk")
+    trunk_bb = Backbone(name=bb.name, module=trunk, transform=bb.transform, cache_id=f"{bb.cache_id}-trunk",
+                        precision=bb.precision, decode=bb.decode)
     return trunk_bb, make_head
 
 
@@ -133,6 +135,7 @@ def audit(
     weights: str | os.PathLike[str] | None = None,
     transform: Callable[[Image.Image], torch.Tensor] | None = None,
     image_size: int = 224,
+    precision: str = "fp32",
     method: str = "auto",
     regularization: float | str = DEFAULT_L2,
     folds: int = 5,
@@ -174,6 +177,11 @@ def audit(
             ``"imagenet"`` or a local state-dict path.
         transform: PIL image -> tensor, for custom backbones.
         image_size: input side length for the named backbones.
+        precision: how the backbone runs: ``"fp32"`` (default, exact),
+            ``"bf16"`` (bfloat16 where the CPU or GPU has it natively; an
+            error elsewhere) or ``"auto"`` (bf16 where supported and allowed
+            by the quality grid, else fp32); see
+            :mod:`noise_audit.core.backbones`.
         method: pyDVL influence solver, ``"auto"`` or one of
             :data:`noise_audit.methods.METHODS`.
         regularization: L2 strength of the head (mean-loss scale), or
@@ -227,7 +235,7 @@ def audit(
     if embeddings_field is not None:  # the field's vectors are the features: nothing is computed from pixels
         validation.image_settings_unused(embeddings_field, image_settings_given(
             backbone=backbone, weights=weights, transform=transform, image_size=image_size,
-            train_last_block=train_last_block))
+            train_last_block=train_last_block, precision=precision))
         validation.embeddings_field(samples, embeddings_field)
     device = heads.resolve_device(device)
     data = read_labels(samples, label_field, min_per_class=folds)
@@ -239,14 +247,17 @@ def audit(
     clock.start("features")
     columns = {"y": data.labels, "train": ~is_test, "fold": pipeline.fold_ids(data.labels, folds, seed)}
     if embeddings_field is None:
-        bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block)
-        source = dict(backbone=bb.name, backbone_id=bb.cache_id, image_size=image_size,
+        bb, make_head = build_backbone(backbone, weights, transform, image_size, seed, train_last_block,
+                                       validation.precision(precision), device)
+        if client is None:
+            bb.to(device)  # the backbone runs where the head does (extract_features keeps it there)
+        source = dict(backbone=bb.name, backbone_id=bb.cache_id, image_size=image_size, precision=bb.precision,
                       weights=weights if isinstance(weights, (str, type(None))) else str(weights))
         features = _features(data.filepaths, bb, columns, make_head is not None, batch_size, cache_dir, progress,
                              on_progress, client)
     else:
         raw = embeddings.read_vectors(samples, embeddings_field, data.ids)
-        make_head, source = None, dict(backbone=None, backbone_id=None, image_size=None, weights=None,
+        make_head, source = None, dict(backbone=None, backbone_id=None, image_size=None, weights=None, precision=None,
                                        **embeddings.source_config(embeddings_field, raw))
         features = _standardized(raw, columns, False, 0, client)
         del raw  # only the standardised copy is kept

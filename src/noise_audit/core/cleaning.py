@@ -77,7 +77,8 @@ def _audited_features(dataset: Dataset, config: Mapping[str, Any], results: Audi
     audited = list(results.ids)
     if config.get("embeddings_field"):
         return embeddings.audit_vectors(dataset, config, results.key, audited, audited)
-    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False)
+    bb, _ = build_backbone(config["backbone"], config.get("weights"), None, config["image_size"], config["seed"], False,
+                           config.get("precision", "fp32"))
     if bb.cache_id != config.get("backbone_id"):
         raise NoiseAuditError("The backbone's features changed since the audit; re-run the audit")
     path_of = dict(zip(*dataset.select(audited).values(["id", "filepath"])))

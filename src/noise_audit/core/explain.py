@@ -31,7 +31,7 @@ def _audit_model(config, results):
     if config.get("embeddings_field"):
         return None, LinearHead.from_state(results.head)
     bb, make_head = build_backbone(config.backbone, config.weights, None, config.image_size, config.seed,
-                                   getattr(config, "train_last_block", False))
+                                   getattr(config, "train_last_block", False), getattr(config, "precision", "fp32"))
     if make_head is None:
         return bb, LinearHead.from_state(results.head)
     head = make_head(len(results.classes))

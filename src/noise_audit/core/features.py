@@ -115,20 +115,20 @@ def extract_features(
     if not len(todo):
         return feats, 0
     device = _resolve_device(backbone.module, device)
-    backbone.module.to(device)
-    num_workers = images.default_num_workers() if num_workers is None else num_workers
+    backbone.to(device)
+    num_workers = images.default_num_workers(device) if num_workers is None else num_workers
     bar = tqdm(total=len(todo), desc=f"features ({backbone.name})", disable=not progress, unit="img")
     done = 0
     todo_paths = [filepaths[i] for i in todo]
     for batch, count, errors in images.image_batches(todo_paths, backbone.transform, batch_size, num_workers,
-                                                     device.type == "cuda"):
+                                                     device.type == "cuda", backbone.decode):
         rows = todo[done : done + count]
         ok = np.ones(count, dtype=bool)
         for pos, reason in errors:
             ok[pos] = False
             bad[int(rows[pos])] = reason
         if batch is not None:
-            out = backbone(batch.to(device, non_blocking=True)).float().cpu().numpy()
+            out = backbone.embed(batch, device)
             if feats is None:
                 feats = np.zeros((len(keys), out.shape[1]), dtype=np.float32)
             feats[rows[ok]] = out

@@ -7,6 +7,20 @@ clipped white). A file that is missing, not an image or damaged (a truncated
 JPEG) never stops the others: the batches carry each bad file's reason, so
 the caller can list them all in one :class:`~noise_audit.errors.UnreadableImages`
 error (see :func:`check_readable`).
+
+What a transform receives (:data:`DECODERS`, a backbone's ``decode``):
+
+- ``"pil"``: an RGB PIL image (a custom module's ``transform``);
+- ``"tensor"``: the same pixels as a uint8 ``(3, h, w)`` tensor (the built-in
+  backbones, whose resizing runs on tensors, 2-4x faster than on PIL images).
+  JPEGs are decoded by ``torchvision.io.decode_jpeg``, which gives PIL's
+  pixels exactly (the same libjpeg-turbo algorithm; checked on CIFAR-10,
+  Tiny ImageNet, grey and CMYK files) in about half the time on large files;
+  every other format, and any JPEG it refuses (with PIL's own message then),
+  goes through :func:`to_rgb`. (torchvision 0.29 deprecates its decoders in
+  favour of TorchCodec; were they gone, PIL would decode everything, at the
+  same pixels);
+- ``"numpy"``: a uint8 ``(h, w, 3)`` array, what FiftyOne hands its models.
 """
 
 from __future__ import annotations
@@ -138,37 +152,73 @@ def decode_problems(filepaths, rows, batch_size=64, num_workers=None, progress=F
     return bad
 
 
+DECODERS = ("pil", "tensor", "numpy")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode(path: str, as_: str = "pil") -> Image.Image | torch.Tensor | np.ndarray:
+    """The image at ``path``, decoded in full, as RGB: a PIL image, a uint8
+    ``(3, h, w)`` tensor or a uint8 ``(h, w, 3)`` array (see the module doc)."""
+    if as_ == "tensor":
+        with open(path, "rb") as f:
+            data = f.read()
+        if data.startswith(_JPEG_MAGIC):
+            try:
+                with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (for TorchCodec)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    from torchvision.io import ImageReadMode, decode_jpeg
+
+                    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except (RuntimeError, ImportError):  # damaged, refused by libjpeg, or no decoder: PIL decides
+                pass
+    with Image.open(path) as im:
+        rgb = to_rgb(im)
+    if as_ == "pil":
+        return rgb
+    array = np.asarray(rgb)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1) if as_ == "tensor" else array
+
+
 class _ImageFiles(torch.utils.data.Dataset):
     """The images at ``paths``, decoded in full and transformed wherever the
     loader asks (a worker).
 
-    An item is ``(tensor, None)``, or ``(None, reason)`` for a file that
-    cannot be decoded, so that one bad file does not stop the others and
+    An item is ``(transformed image, None)``, or ``(None, reason)`` for a file
+    that cannot be decoded, so that one bad file does not stop the others and
     the caller can list them all. An error of ``transform`` itself is not
     the file's fault and is raised as it is. Without a transform the images
     are only decoded (a check).
     """
 
-    def __init__(self, paths, transform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths, transform, decoder="pil"):
+        self.paths, self.transform, self.decoder = paths, transform, decoder
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            with Image.open(self.paths[i]) as im:
-                rgb = to_rgb(im)
+            image = decode(self.paths[i], self.decoder)
         except Exception as e:  # noqa: BLE001 - any failure to decode means unusable
             return None, reason(e)
-        return (None if self.transform is None else self.transform(rgb)), None
+        return (None if self.transform is None else self.transform(image)), None
 
 
 def _collate(items):
-    """A batch: ``(images of the decodable files, stacked, or None; batch size; [(position, reason)])``."""
+    """A batch: ``(images of the decodable files, or None; batch size; [(position, reason)])``.
+
+    Tensors of one shape are stacked, images (4-d) in channels-last order,
+    the order the network runs in (see :mod:`noise_audit.core.backbones`):
+    the worker lays them out, not the process running the network. Anything
+    else (arrays of different sizes, for a FiftyOne model) stays a list."""
     good = [x for x, reason in items if reason is None and x is not None]
     bad = [(pos, reason) for pos, (_, reason) in enumerate(items) if reason is not None]
-    return (torch.utils.data.default_collate(good) if good else None), len(items), bad
+    if not good:
+        return None, len(items), bad
+    if not all(isinstance(x, torch.Tensor) and x.shape == good[0].shape for x in good):
+        return good, len(items), bad
+    batch = torch.stack(good)
+    return (batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch), len(items), bad
 
 
 def _quiet_worker(worker_id):
@@ -186,14 +236,27 @@ def _quiet_worker(worker_id):
     warnings.simplefilter("ignore")
 
 
-def default_num_workers() -> int:
-    """Decoding processes by default: one per CPU, at most 4 (the network needs CPU too)."""
-    return min(4, os.cpu_count() or 1)
+def default_num_workers(device: torch.device | str | None = None) -> int:
+    """Decoding processes by default.
+
+    When the network runs on the CPU, one per core, at most 4: decoding and
+    resizing a JPEG to 224 px costs 0.5-4 ms of one core (32-1280 px sources),
+    a few percent of the forward pass's 20-50 ms (measured with
+    ``bench/speed.py --parts decode``: 1, 2 or 3 workers gave the same
+    throughput on 2 cores; the forward pass, not decoding, is the bottleneck).
+    On a GPU the forward pass takes about a millisecond an image, so decoding
+    is the bottleneck: every core but one decodes, up to 16.
+    """
+    cores = os.cpu_count() or 1
+    if device is not None and torch.device(device).type == "cuda":
+        return min(16, max(1, cores - 1))
+    return min(4, cores)
 
 
-def image_batches(paths, transform, batch_size, num_workers, pin_memory):
+def image_batches(paths, transform, batch_size, num_workers, pin_memory, decoder="pil"):
     """Batches of transformed images, in the order of ``paths``: ``(images,
-    count, [(position, reason)])`` (see :func:`_collate`).
+    count, [(position, reason)])`` (see :func:`_collate`); ``decoder``: what
+    ``transform`` receives (:data:`DECODERS`).
 
     Worker processes each decode whole batches, so more workers than batches
     would idle. Workers use the default multiprocessing context, which also
@@ -202,7 +265,7 @@ def image_batches(paths, transform, batch_size, num_workers, pin_memory):
     pickled, such as a lambda), the images are decoded here instead.
     """
     num_workers = min(num_workers, -(-len(paths) // batch_size))
-    dataset = _ImageFiles(paths, transform)
+    dataset = _ImageFiles(paths, transform, decoder)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
         pin_memory=pin_memory, worker_init_fn=_quiet_worker if num_workers else None,
