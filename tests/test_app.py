@@ -311,6 +311,8 @@ def test_review_three_suspects_apply_and_reaudit(browser, app_url, make_small_da
     assert _wait_for_change(facts, _facts(second)) == _facts(third)
     page.locator("xpath=//p[text()='Another class']/following::div[@role='combobox'][1]").click()
     page.get_by_role("option", name=other, exact=True).click()
+    # the class reaches the panel's state by its own change event: let it land before the button's
+    page.wait_for_timeout(3000)
     page.get_by_role("button", name="Set class").click()
     _wait_for_change(facts, _facts(third))
     page.get_by_text(re.compile(r"Reviewed \*?\*?3")).first.wait_for(timeout=60_000)

@@ -47,10 +47,18 @@ for t in range(trials):
 """
 
 
+def _label(doc):
+    """A stored Classification's contents, without its id (each write makes new ones)."""
+    if doc is None:
+        return None
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in doc.iter_fields() if k != "id"}
+
+
 def _values(ds, key):
     fields = audit_fields(key)
-    out = {n: ds.values(f) for n, f in fields.items() if n != "prediction"}
-    out["prediction"] = [(p.label, p.confidence, p.logits.tolist()) for p in ds.values(fields["prediction"])]
+    embedded = {"prediction", "suggested_label", "review", "annotation"}
+    out = {n: ds.values(f) for n, f in fields.items() if n not in embedded}
+    out.update({n: [_label(d) for d in ds.values(fields[n])] for n in embedded})
     return out
 
 

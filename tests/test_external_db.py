@@ -96,8 +96,8 @@ def test_cli_audits_into_the_database_named_by_the_uri(team_mongod):
     samples = db[doc["sample_collection_name"]]
     assert samples.count_documents({}) == 140
     fields = na.audit_fields("noise_audit")
-    for field in fields.values():
-        assert samples.count_documents({field: {"$ne": None}}) == 140, field
+    for name, field in fields.items():  # the review and annotation fields stay empty until someone reviews
+        assert samples.count_documents({field: {"$ne": None}}) == (0 if name in ("review", "annotation") else 140), field
     scores = [d[fields["corruption_score"]] for d in samples.find({}, {fields["corruption_score"]: 1})]
     assert all(0 <= s <= 1 for s in scores) and len(set(scores)) > 100  # real scores, not a constant
     suspects = samples.count_documents({fields["suspect"]: True})

@@ -11,6 +11,7 @@ from noise_audit.app import review_views as rv
 from noise_audit.core import head as heads
 from noise_audit.core.blocks import Blocks
 from noise_audit.core.cleaning import audit_features
+from noise_audit.reports.markdown import md
 from noise_audit.core.review_gain import correction_gain, corrected_labels
 from noise_audit.store.review import decisions
 
@@ -74,7 +75,7 @@ def test_the_header_shows_the_estimates_and_escapes_class_names(fresh):
     hostile = json.loads(json.dumps(e))
     hostile["per_class"][0]["class"] = "**x**|<img src=y>`"
     text = rv.header_md(hostile)
-    assert "\\*\\*x\\*\\*\\|\\<img src=y\\>\\`" in text and "<img" not in text.replace("\\<img", "")
+    assert md("**x**|<img src=y>`") in text and "<img" not in text.replace("\\<img", "")  # reports.markdown.md
 
 
 def test_corrections_change_the_refit_labels_and_only_those(fresh):
@@ -116,8 +117,8 @@ def test_the_report_has_a_review_section_with_the_same_numbers(fresh, tmp_path):
     assert "before" in section["gain"] and "after" in section["gain"]
     page = (tmp_path / "report.html").read_text()
     assert 'id="review"' in page and "&lt;b&gt;ann&lt;/b&gt;" in page and "<b>ann</b>" not in page
-    md = (tmp_path / "summary.md").read_text()
-    assert "## Review" in md and "Precision of the review so far" in md and "\\<b\\>ann\\</b\\>" in md
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Review" in summary and "Precision of the review so far" in summary and md("<b>ann</b>") in summary
     stored = json.loads((tmp_path / "summary.json").read_text())["review"]
     assert stored["estimates"]["review"]["reviewed"] == 3
 

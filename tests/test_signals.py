@@ -28,9 +28,10 @@ def test_field_direction_takes_the_longest_suffix():
     assert signals.higher_is_suspicious("my_score")  # not an audit signal: high = suspicious
 
 
-def test_audit_fields_are_the_tables_field_signals_plus_flag_and_prediction():
+def test_audit_fields_are_the_tables_field_signals_plus_flag_prediction_and_review():
     fields = audit_fields("k")
-    assert set(fields) == {s.field for s in signals.FIELD_SIGNALS} | {"suspect", "prediction"}
+    assert set(fields) == {s.field for s in signals.FIELD_SIGNALS} | {"suspect", "prediction", "suggested_label",
+                                                                     "review", "annotation"}
     assert set(SIGNAL_FIELDS) == set(fields)
     assert all(fields[s.field] == f"k_{s.field}" for s in signals.FIELD_SIGNALS)
     assert signals.SHOWN[0].name == "corruption_score"

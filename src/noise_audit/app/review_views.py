@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fiftyone import ViewField as F
 
+from noise_audit.reports.markdown import md as esc_md  # user data in the panel's Markdown (noqa: the plugin uses it)
 from noise_audit.store.ownership import config_fields
 from noise_audit.store.review import known_classes, review_field
 from noise_audit.store.runs import load_audit
@@ -93,14 +94,6 @@ def explanation(samples: SampleCollection, key: str, sample_id: str, k: int = 3)
 
     out = most_influential(samples._dataset, sample_id, key, k=k)
     return {"label": out["label"], "support": out["most"], "oppose": out["least"]}
-
-
-def esc_md(x: object) -> str:
-    """User data in the panel's Markdown (one helper, so a stricter one can replace it)."""
-    text = str(x).replace("\\", "\\\\").replace("\n", " ")
-    for ch in "`*_[]<>#|":
-        text = text.replace(ch, "\\" + ch)
-    return text
 
 
 def header_md(estimates: Mapping[str, Any]) -> str:

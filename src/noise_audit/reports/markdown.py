@@ -105,7 +105,7 @@ def render_markdown(s: Mapping[str, Any]) -> str:
           fnum(e["label_quality"], "f"), fnum(e["average_influence"]), e["split"]]
          + ([fnum(e["flipped"])] if truth else []) + [md(e["filepath"])] for e in su["top"]]), ""]
 
-    out += review_markdown(s.get("review"), _table)
+    out += review_markdown(s.get("review"), _table, md)
 
     if t:
         keys = ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")

@@ -64,13 +64,6 @@ def esc_html(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
-def esc_md(x: object) -> str:
-    """User data for Markdown text and table cells (one helper, so a stricter one can replace it;
-    the table helper escapes ``|`` itself)."""
-    text = str(x).replace("\\", "\\\\").replace("\n", " ").replace("\r", " ")
-    for ch in "`*_[]<>#":
-        text = text.replace(ch, "\\" + ch)
-    return text
 
 
 def _num(x: Any, kind: str = "g") -> str:
@@ -128,12 +121,13 @@ def review_html(s: Mapping[str, Any] | None, card: Any, table: Any) -> str:
                     f'<h3>Reviewed samples, most suspicious first</h3><div class="grid">{cards}</div>' if cards else ""])
 
 
-def review_markdown(s: Mapping[str, Any] | None, md_table: Any) -> list[str]:
-    """The section's Markdown lines (``md_table`` is the Markdown renderer's table helper)."""
+def review_markdown(s: Mapping[str, Any] | None, md_table: Any, esc_md: Any) -> list[str]:
+    """The section's Markdown lines (``md_table`` is the Markdown renderer's table helper,
+    ``esc_md`` its escape of user data: :func:`noise_audit.reports.markdown.md`)."""
     out = ["## Review", ""]
     if not s or "unavailable" in s:
         return out + [esc_md((s or {}).get("unavailable", "No review.")), ""]
-    out += [f"- {line}" for line in _lines(s)] + [""]
+    out += [f"- {esc_md(line)}" for line in _lines(s)] + [""]
     out += [md_table(CLASS_HEADERS, _class_rows(s, esc_md)), ""]
     if s["reviewed"]:
         out += [md_table(["given", "decision", "label", "reviewer", "score"],
