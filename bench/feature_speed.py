@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 
-from _common import TINY, cifar_files, cifar_root, table
+from _common import TINY, split_files, cifar_root, table
 
 MODELS = ("efficientnet_lite0", "efficientnet_lite2")
 SOURCES = ("cifar32", "tiny64", "up224", "up640", "up1280")
@@ -110,7 +110,7 @@ def cold_ips(paths, bb, batch_size=64, num_workers=None):
 def part_cold(n_images, rounds, models=MODELS):
     """Floor and cold throughput of each model x path, interleaved over ``rounds``; best round kept."""
     root = cifar_root()
-    paths = [str(p) for p in cifar_files(root, "test", n_images, seed=1)[0]]
+    paths = [str(p) for p in split_files(root, "test", n_images, seed=1)[0]]
     out = {"images": len(paths), "source": "CIFAR-10 test JPEGs (32 px), resized to 224", "rounds": rounds,
            "models": {}}
     rows = []
@@ -152,7 +152,7 @@ def source_images(kind, n, tmp):
     from PIL import Image
 
     if kind == "cifar32":
-        return [str(p) for p in cifar_files(cifar_root(), "test", n, seed=2)[0]]
+        return [str(p) for p in split_files(cifar_root(), "test", n, seed=2)[0]]
     tiny = sorted(str(p) for p in (TINY / "train").glob("*/*.JPEG"))[:: max(1, 5000 // n)][:n]
     if kind == "tiny64":
         return tiny
@@ -247,8 +247,8 @@ def part_cold_audit(precisions, n_test=10000, n_held=500):
     import noise_audit as na
 
     root = cifar_root()
-    tp, tl, classes = cifar_files(root, "test", n_test)
-    hp, hl, _ = cifar_files(root, "train", n_held, seed=3)
+    tp, tl, classes = split_files(root, "test", n_test)
+    hp, hl, _ = split_files(root, "train", n_held, seed=3)
     samples = [fo.Sample(filepath=str(p), tags=[tag], ground_truth=fo.Classification(label=classes[y]))
                for paths, labels, tag in ((tp, tl, "train"), (hp, hl, "val")) for p, y in zip(paths, labels)]
     ds = fo.Dataset()  # temporary (non-persistent)

@@ -37,7 +37,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from _common import RESULTS, SEED_CLASSES, TINY, cifar_files, cifar_root, machine, require_data, table, write_json
+from _common import RESULTS, SEED_CLASSES, TINY, split_files, cifar_root, machine, require_data, table, write_json
 
 SETTINGS = {"seed": {"image_size": 224}, "cifar": {"image_size": 32, "batch_size": 256}}
 
@@ -54,7 +54,7 @@ def cifar_dataset(name):
     root = cifar_root()
     samples = []
     for split, tag in (("train", "train"), ("test", "val")):
-        paths, labels, classes = cifar_files(root, split)
+        paths, labels, classes = split_files(root, split)
         samples += [fo.Sample(filepath=p, tags=[tag], ground_truth=fo.Classification(label=classes[y]))
                     for p, y in zip(paths, labels)]
     ds = fo.Dataset(name, overwrite=True)
