@@ -6,7 +6,6 @@ the panel only lays them out and turns clicks into grid views.
 """
 
 import inspect
-from urllib.parse import quote
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -18,7 +17,7 @@ from noise_audit.errors import NoiseAuditError
 from noise_audit.reports.markdown import md
 from noise_audit.store.runs import list_audits
 
-from .review_panel import ReviewMixin
+from .review_panel import ReviewMixin, media_url
 
 NO_TRUTH = "(none)"
 # The library's defaults: rows of the suspect table, explaining images per side.
@@ -29,11 +28,6 @@ METRIC_COLUMNS = (("signal", "Signal"), ("auroc", "AUROC"), ("average_precision"
                   ("precision_at_k", "Precision@k"), ("recall_at_10pct", "Recall@10%"))
 SUSPECT_COLUMNS = (("rank", "#"), ("given", "Given label"), ("predicted", "Predicted"), ("corruption_score", "Corruption"),
                    ("label_quality", "Label quality"), ("influence", "Avg influence"), ("self_influence", "Self-influence"))
-
-
-def media_url(filepath):
-    """The App server's URL of a local image."""
-    return "/media?filepath=" + quote(filepath, safe="")
 
 
 def _fmt(value, digits=4):

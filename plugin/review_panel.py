@@ -7,6 +7,8 @@ the most suspicious undecided sample. Decisions go to the audit's
 ``{key}_review`` field, never to the audited labels.
 """
 
+from urllib.parse import quote
+
 import fiftyone.operators.types as types
 
 import noise_audit as na
@@ -19,10 +21,12 @@ K_EXPLAINED = 3
 IMG = "128px"
 
 
-def _media(filepath):
-    from .panel import media_url
+def media_url(filepath):
+    """The App server's URL of a local image."""
+    return "/media?filepath=" + quote(filepath, safe="")
 
-    return media_url(filepath)
+
+_media = media_url
 
 
 class ReviewMixin:

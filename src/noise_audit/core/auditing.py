@@ -31,7 +31,8 @@ from noise_audit._version import __version__
 from noise_audit.core import distributed, embeddings, finetune, noise_model, pipeline, scores, suggestions
 from noise_audit.core import warm_start as warm
 from noise_audit.core import features as feats
-from noise_audit.core.backbones import Backbone, get_backbone
+from noise_audit.core.backbones import Backbone
+from noise_audit.core.features import get_backbone
 from noise_audit.core.feature_cache import default_cache_dir
 from noise_audit.core import head as heads
 from noise_audit.core import influence as infl

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -270,9 +269,9 @@ def get_backbone(backbone: str | torch.nn.Module | Backbone = "efficientnet_lite
                  weights: str | os.PathLike[str] | None = None,
                  transform: Callable[[Image.Image], torch.Tensor] | None = None, image_size: int = 224,
                  seed: int = 0, *, precision: str = "fp32", device: torch.device | str | None = None) -> Backbone:
-    """Builds a frozen :class:`Backbone` from a name, a module or a FiftyOne model
-    that computes embeddings (see the module doc and
-    :mod:`noise_audit.core.fiftyone_models`).
+    """Builds a frozen :class:`Backbone` from a name or a module (see the module
+    doc; a FiftyOne model goes through :func:`noise_audit.core.features.get_backbone`,
+    which hands it to :mod:`noise_audit.core.fiftyone_models`).
 
     ``precision``: ``"fp32"`` (default, exact), ``"bf16"`` or ``"auto"``,
     resolved for ``device`` (see :func:`resolve_precision`; ``device`` is only
@@ -280,10 +279,6 @@ def get_backbone(backbone: str | torch.nn.Module | Backbone = "efficientnet_lite
     """
     if isinstance(backbone, Backbone):
         return backbone
-    if _is_fiftyone_model(backbone):
-        from noise_audit.core.fiftyone_models import fiftyone_backbone
-
-        return fiftyone_backbone(backbone, validation.precision(precision))
     precision = resolve_precision(precision, device)
     if backbone in BACKBONES:
         image_size = validation.image_size(image_size)
@@ -309,12 +304,6 @@ def get_backbone(backbone: str | torch.nn.Module | Backbone = "efficientnet_lite
     key = f"{name}|{weights_id}|{image_size}|{transform!r}|{FEATURE_CODE_VERSION}"
     return Backbone(name=name, module=module, transform=transform, cache_id=cache_key(name, key, precision),
                     precision=precision, decode=decode)
-
-
-def _is_fiftyone_model(obj) -> bool:
-    """Whether ``obj`` is a FiftyOne model (if FiftyOne is not imported, nothing is)."""
-    fom = sys.modules.get("fiftyone.core.models")
-    return fom is not None and isinstance(obj, fom.Model)
 
 
 def cache_key(name: str, identity: str, precision: str) -> str:

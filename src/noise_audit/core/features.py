@@ -33,9 +33,24 @@ import torch
 from tqdm.auto import tqdm
 
 from noise_audit.core import images
-from noise_audit.core.backbones import Backbone, get_backbone  # noqa: F401 (the stage's entry points)
+from noise_audit.core import backbones
+from noise_audit.core.backbones import Backbone  # noqa: F401 (the stage's entry points)
+from noise_audit.core.fiftyone_models import fiftyone_backbone, is_fiftyone_model
 from noise_audit.core.feature_cache import CHUNK_BYTES, FeatureCache, default_cache_dir, file_keys, row_chunks
 from noise_audit.errors import MISSING
+
+
+def get_backbone(backbone: Any = "efficientnet_lite0", weights: str | os.PathLike[str] | None = None,
+                 transform: Callable[[Any], torch.Tensor] | None = None, image_size: int = 224, seed: int = 0, *,
+                 precision: str = "fp32", device: torch.device | str | None = None) -> Backbone:
+    """The stage's feature extractor: a FiftyOne model that computes embeddings
+    (:func:`~noise_audit.core.fiftyone_models.fiftyone_backbone`), else a name
+    or a module (:func:`~noise_audit.core.backbones.get_backbone`)."""
+    if is_fiftyone_model(backbone):
+        from noise_audit import validation
+
+        return fiftyone_backbone(backbone, validation.precision(precision))
+    return backbones.get_backbone(backbone, weights, transform, image_size, seed, precision=precision, device=device)
 
 _log = logging.getLogger(__name__)
 

@@ -43,6 +43,12 @@ from noise_audit.core.backbones import Backbone, cache_key, module_digest
 from noise_audit.errors import NoiseAuditError
 
 
+def is_fiftyone_model(obj: Any) -> bool:
+    """Whether ``obj`` is a FiftyOne model (if FiftyOne is not imported, nothing is)."""
+    fom = sys.modules.get("fiftyone.core.models")
+    return fom is not None and isinstance(obj, fom.Model)
+
+
 def _takes_torch_transforms(model: Any) -> bool:
     fom = sys.modules["fiftyone.core.models"]
     return isinstance(model, fom.TorchModelMixin) and _property(model, "transforms") is not None

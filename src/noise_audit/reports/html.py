@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from noise_audit.reports.numbers import fnum  # noqa: F401 (the page's number format, used here and re-exported)
 from noise_audit.reports.review_section import review_html
 
 # Box sizes in CSS px, including a 3 px frame: 128 and 192 px of image (2x and 3x of 64 px).
@@ -91,23 +92,6 @@ def esc(x: object) -> str:
     histogram legends use it too (plotly reads trace names as HTML).
     """
     return html.escape(str(x), quote=True)
-
-
-def fnum(x: float | None, kind: str = "g") -> str:
-    """A number as printed on the page (summary.json keeps it unrounded)."""
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if kind == "pct":
-        return f"{100 * x:.1f}%"
-    if kind == "f":
-        return f"{x:.3f}"
-    if kind == "s":
-        return f"{x:.2f}"
-    return f"{x:.3g}"
 
 
 def table(headers: Iterable[object], rows: Iterable[Iterable[object]]) -> str:

@@ -17,7 +17,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from noise_audit.reports.html import fnum
+from noise_audit.reports.numbers import fnum
 from noise_audit.reports.review_section import review_markdown
 
 _PUNCTUATION = frozenset(string.punctuation)  # ASCII punctuation: every character Markdown may read as syntax

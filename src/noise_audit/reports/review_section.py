@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from noise_audit.errors import NoiseAuditError
+from noise_audit.reports.numbers import fnum
 
 TOP_REVIEWED = 24  # reviewed samples shown as cards
 
@@ -67,8 +68,6 @@ def esc_html(x: object) -> str:
 
 
 def _num(x: Any, kind: str = "g") -> str:
-    from noise_audit.reports.html import fnum
-
     return fnum(x, kind)
 
 
