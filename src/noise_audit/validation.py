@@ -142,8 +142,13 @@ def influence_method(method: str, train_last_block: bool = False, distributed: b
 
 
 def non_empty(samples: SampleCollection | None, what: str = "The view is empty: there is nothing to audit") -> None:
-    """Raises unless ``samples`` is a collection with at least one sample."""
-    if samples is None or len(samples) == 0:
+    """Raises unless ``samples`` is a collection with at least one sample.
+
+    Counted exactly: a whole dataset's ``len()`` is MongoDB's *estimated*
+    count, which can be stale after the server crashed (MongoDB documents
+    this; a killed ``mongod`` once reported 0 for a full dataset here).
+    """
+    if samples is None or samples.limit(1).count() == 0:
         raise NoiseAuditError(what)
 
 
