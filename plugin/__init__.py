@@ -24,7 +24,6 @@ import noise_audit as na
 from noise_audit import validation
 from noise_audit.app import views as nav
 from noise_audit.core.backbones import resolve_precision
-from noise_audit.core.data import classification_fields
 from noise_audit.core.embeddings import vector_fields
 from noise_audit.errors import NoiseAuditError
 from noise_audit.methods import BACKBONES, METHODS, PRECISIONS
@@ -96,10 +95,11 @@ def _check_params(ctx, inputs, checks):
 
 
 def _label_field_input(ctx, inputs, library_default, label="Label field",
-                       description="The fo.Classification field to use"):
-    fields = classification_fields(ctx.dataset)
+                       description="The fo.Classification field (the class of each image) or fo.Detections "
+                                   "field (the class of each box) to use"):
+    fields = validation.label_fields(ctx.dataset)
     if not fields:
-        _error(inputs, "This dataset has no fo.Classification field")
+        _error(inputs, "This dataset has no fo.Classification or fo.Detections field")
         return None
     default = library_default if library_default in fields else fields[0]
     inputs.enum("label_field", fields, default=default, required=True, label=label,
