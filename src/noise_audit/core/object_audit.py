@@ -37,7 +37,9 @@ from noise_audit.core.stages import _Clock, _head_and_influence, _results_doc, _
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store import objects as object_attrs
+from noise_audit.store.fields import dataset_lock
 from noise_audit.store.labels import labels_fingerprint
+from noise_audit.store.recovery import recover
 from noise_audit.store.runs import AuditResults, check_key
 from noise_audit.store.writes import write_audit
 
@@ -59,8 +61,10 @@ def audit_objects(samples: SampleCollection, label_field: str, *, test: Any, key
     :func:`noise_audit.core.auditing.audit` once its checks passed.
     """
     dataset = samples._dataset
-    check_key(dataset, key, overwrite)
-    object_attrs.check_free(dataset, key, label_field)
+    with dataset_lock(dataset):  # what an interrupted write left is settled first: then check what is ours
+        recover(dataset, key)
+        check_key(dataset, key, overwrite)
+        object_attrs.check_free(dataset, key, label_field)
     rows = objects.read_objects(samples, label_field, min_box_size, min_per_class=folds)
     is_test, split = objects.object_split(samples, rows, test, seed)
     validation.check_split(rows.classes, rows.labels, is_test)

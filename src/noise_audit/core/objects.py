@@ -12,7 +12,7 @@ module owns what differs from an audit of images:
 - **features of the boxes** through FiftyOne's own patch machinery
   (:func:`patch_features`): ``compute_patch_embeddings`` crops every box as
   FiftyOne's patches views do and a backbone embeds the crops
-  (:class:`PatchEmbedder` wraps one as a FiftyOne model); or the vectors an
+  (:func:`patch_embedder` wraps one as a FiftyOne model); or the vectors an
   attribute of every ``Detection`` already holds (:func:`attribute_vectors`,
   e.g. what ``compute_patch_embeddings(..., embeddings_field=...)`` stored);
 - **whole images on one side** (:func:`object_split`, :func:`group_folds`):
@@ -160,10 +160,20 @@ def read_objects(samples: SampleCollection, label_field: str, min_box_size: floa
 # -- features of the boxes ------------------------------------------------------
 
 
-class PatchEmbedder:
-    """A :class:`~noise_audit.core.backbones.Backbone` as a FiftyOne embeddings model,
-    for ``compute_patch_embeddings``: it receives each image's crops (uint8 ``(h, w, 3)``
-    arrays, cut by FiftyOne) and returns their features."""
+def patch_embedder(backbone: Backbone, device: torch.device, batch_size: int = 64) -> Any:
+    """A :class:`~noise_audit.core.backbones.Backbone` as a FiftyOne embeddings model (see
+    :class:`_PatchEmbedder`), for ``compute_patch_embeddings``."""
+    import fiftyone.core.models as fom
+
+    class _Model(_PatchEmbedder, fom.Model, fom.EmbeddingsMixin):
+        pass
+
+    return _Model(backbone, device, batch_size)
+
+
+class _PatchEmbedder:
+    """Receives each image's crops (uint8 ``(h, w, 3)`` arrays, cut by FiftyOne's
+    ``extract_patch``) and returns their features."""
 
     media_type = "image"
     ragged_batches = True
@@ -175,11 +185,14 @@ class PatchEmbedder:
     def __init__(self, backbone: Backbone, device: torch.device, batch_size: int = 64) -> None:
         self.backbone, self.device, self.batch_size = backbone, device, batch_size
 
-    def __enter__(self) -> PatchEmbedder:
+    def __enter__(self) -> _PatchEmbedder:
         return self
 
     def __exit__(self, *args: Any) -> None:
         return None
+
+    def get_embeddings(self) -> Any:
+        raise NotImplementedError("embed_all returns the embeddings")
 
     def _input(self, crop: np.ndarray) -> Any:
         import torch
@@ -236,7 +249,7 @@ def patch_features(samples: SampleCollection, label_field: str, rows: ObjectRows
     patches views show) and :class:`PatchEmbedder` runs ``backbone`` on them.
     """
     view = audited_view(samples, label_field, rows)
-    model = PatchEmbedder(backbone, device, batch_size)
+    model = patch_embedder(backbone, device, batch_size)
     out = view.compute_patch_embeddings(model, label_field, handle_missing="skip", skip_failures=False,
                                         progress=progress)
     per_sample = {sid: np.asarray(v) for sid, v in (out or {}).items() if v is not None}

@@ -107,37 +107,38 @@ def _declared(dataset: Dataset, key: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def clear(dataset: Dataset, key: str) -> None:
-    """Removes every value of the attributes of ``key`` from every box, then their declarations
-    (in that order: interrupted, declarations are left, and :func:`settle` clears again)."""
+def clear(dataset: Dataset, key: str, fields: Sequence[str] = ()) -> None:
+    """Removes every value of the attributes of ``key`` from the boxes of ``fields`` and of every
+    field where they are declared as ours, then their declarations (in that order: interrupted,
+    the declarations are left, and :func:`settle` clears again). Boxes of other fields, where a
+    user may have attributes of the same name, are not touched."""
+    declared = _declared(dataset, key)
     attrs = list(attr_names(key).values())
-    for field in detections_fields(dataset):
+    for field in sorted(set(fields) | {p.split(".detections.")[0] for p in declared}):
         has = {"$or": [{f"{field}.detections.{a}": {"$exists": True}} for a in attrs]}
         dataset._sample_collection.update_many(has, [{"$set": {f"{field}.detections": _strip_expr(field, attrs)}}])
-    for path in _declared(dataset, key):
-        _undeclare(dataset, path)
+    for path in declared:
+        dataset.delete_sample_field(path)
     dataset.reload()
+    _refresh(dataset)
+
+
+def _refresh(dataset: Dataset) -> None:
+    """Samples loaded in memory see what the raw updates wrote."""
+    reload_docs = getattr(dataset, "_reload_docs", None)
+    if reload_docs is not None:
+        reload_docs(hard=True)
 
 
 def remove(dataset: Dataset, key: str) -> None:
-    """What ``delete_audit`` does before unlinking an audit of objects: declarations first
-    (interrupted, the still linked run is materialised again by :func:`settle`), then values."""
-    for path in _declared(dataset, key):
-        _undeclare(dataset, path)
+    """What ``delete_audit`` does before unlinking an audit of boxes: first the declarations stop
+    carrying the run's token (interrupted from here on, the still linked run is written again by
+    :func:`settle`: the audit stays whole), then values and declarations go (:func:`clear`)."""
+    for path, info in _declared(dataset, key).items():
+        field = dataset.get_field(path)
+        field.info = {**info, "token": None}
+        field.save()
     clear(dataset, key)
-
-
-def _undeclare(dataset: Dataset, path: str) -> None:
-    """Drops the schema entry ``path`` only (its values are removed by :func:`clear`)."""
-    field, _, attr = path.rpartition(".")
-    doc = dataset._doc
-    container = doc.get_field(field) if hasattr(doc, "get_field") else None
-    if container is not None and hasattr(container, "_undeclare_field"):
-        container._undeclare_field(attr)
-        doc.save()
-    else:
-        dataset.delete_sample_field(path)
-    dataset.reload()
 
 
 def materialise(dataset: Dataset, key: str, token: str, label_field: str, object_ids: Sequence[str],
@@ -148,7 +149,7 @@ def materialise(dataset: Dataset, key: str, token: str, label_field: str, object
     ``values`` maps each suffix of :data:`OBJECT_ATTRS` to one value per
     object of ``object_ids`` (whose samples are ``sample_ids``).
     """
-    clear(dataset, key)
+    clear(dataset, key, [label_field])
     names = attr_names(key)
     per_sample: dict[str, list[int]] = {}
     for row, sid in enumerate(sample_ids):
@@ -178,6 +179,7 @@ def materialise(dataset: Dataset, key: str, token: str, label_field: str, object
         field.info = {**info, "signal": suffix}
         field.save()
     dataset.reload()
+    _refresh(dataset)
 
 
 def is_whole(dataset: Dataset, key: str, config: Mapping[str, Any] | None) -> bool:
@@ -196,8 +198,7 @@ def settle(dataset: Dataset, key: str, config: Mapping[str, Any] | None, results
     if is_whole(dataset, key, config) and (config or {}).get("object_field"):
         return False
     if not (config or {}).get("object_field"):
-        if not _declared(dataset, key) and not any(
-                _raw_present(dataset, f, a) for f in detections_fields(dataset) for a in attr_names(key).values()):
+        if not _declared(dataset, key):
             return False
         clear(dataset, key)
         return True
