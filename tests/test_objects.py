@@ -18,6 +18,7 @@ import pytest
 
 import fiftyone as fo
 import noise_audit as na
+from noise_audit.signals import FIELD_SIGNALS
 from noise_audit.store.objects import OBJECT_ATTRS
 from noise_audit.store.recovery import recover
 from noise_audit.store.writes import FAULT_ENV, InjectedFault
@@ -58,9 +59,8 @@ def test_every_box_gets_its_signals_and_every_image_its_summary(make_mosaic_data
             v = det[f"{KEY}_{suffix}"]
             assert v == values[suffix][row]
             assert isinstance(v, {fo.FloatField: float, fo.BooleanField: bool, fo.StringField: str}[ftype])
-        assert det[f"{KEY}_corruption_score"] == pytest.approx(signals["corruption_score"][row])
-        assert det[f"{KEY}_influence"] == pytest.approx(signals["average_influence"][row])
-        assert det[f"{KEY}_label_quality"] == pytest.approx(signals["label_quality"][row])
+        for s in FIELD_SIGNALS:  # each attribute holds its own signal
+            assert det[f"{KEY}_{s.field}"] == pytest.approx(signals[s.name][row]), s.name
         assert det[f"{KEY}_suggested_label"] in results.classes
         assert results.classes[results.labels[row]] == det.label
     # the sample fields summarise their boxes
