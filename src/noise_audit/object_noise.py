@@ -86,7 +86,7 @@ def inject_object_noise(samples: SampleCollection, label_field: str, fraction: f
     flipped = {ids[i]: all_classes[c] for i, c in zip(idx, new)}
 
     all_ids, all_dets = dataset.values(["id", label_field])
-    noisy = []
+    noisy: list[Any] = []
     for dets in all_dets:
         if dets is None:
             noisy.append(None)

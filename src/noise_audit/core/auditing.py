@@ -18,20 +18,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional, cast
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 
 from noise_audit import validation
 from noise_audit._version import __version__
-from noise_audit.core import distributed, embeddings, finetune, noise_model, object_audit, objects, pipeline, scores
+from noise_audit.core import embeddings, finetune, noise_model, object_audit, objects, pipeline, scores
 from noise_audit.core import suggestions
 from noise_audit.core import warm_start as warm
-from noise_audit.core import features as feats
 from noise_audit.core.backbones import Backbone
 from noise_audit.core.features import get_backbone
 from noise_audit.core.feature_cache import default_cache_dir
