@@ -159,3 +159,39 @@ def test_attributes_we_did_not_write_are_never_written_over(make_mosaic_dataset)
     with pytest.raises(na.NoiseAuditError, match="did not write"):
         na.audit(ds, "ground_truth", key=KEY, **FAST)
     assert_same(state(ds), before)
+
+
+def test_the_committed_mosaics_hold_their_tiles_exactly_where_the_boxes_say():
+    import json
+    import sys
+
+    from PIL import Image
+
+    from conftest import BENCH, MOSAICS, TINY, unique_name
+
+    sys.path.insert(0, str(BENCH))
+    from make_mosaics import GREY, load_mosaics
+
+    records = json.loads((MOSAICS / "labels.json").read_text())["images"]
+    assert 8 <= len(records) <= 15
+    ds = load_mosaics(MOSAICS, unique_name("na-mosaics"))
+    try:
+        assert len(ds) == len(records) and set(ds.distinct("tags")) == {"train", "val"}
+        for r, s in zip(records, ds):
+            img = np.asarray(Image.open(s.filepath).convert("RGB"), dtype=float)
+            assert img.shape[:2] == (r["height"], r["width"])
+            assert 4 <= len(s.ground_truth.detections) <= 9
+            covered = np.zeros(img.shape[:2], dtype=bool)
+            for o, d in zip(r["objects"], s.ground_truth.detections):
+                assert d.label == o["label"] and d.bounding_box == o["box"]
+                x, y, w, h = (round(v * n) for v, n in zip(o["box"], (r["width"], r["height"]) * 2))
+                covered[y:y + h, x:x + w] = True
+                if TINY.is_dir():  # the tile is the photograph, up to the mosaic's JPEG encoding
+                    split = r["file"].split("_")[0]
+                    src = np.asarray(Image.open(TINY / split / o["source"]).convert("RGB"), dtype=float)
+                    tile = img[y:y + h, x:x + w]
+                    assert np.abs(tile - src).mean() < 12, o["source"]
+                    assert np.corrcoef(tile.ravel(), src.ravel())[0, 1] > 0.98, o["source"]
+            assert np.median(np.abs(img[~covered] - GREY[0])) < 10  # grey everywhere else (JPEG rings near the tiles)
+    finally:
+        ds.delete()
