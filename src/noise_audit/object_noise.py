@@ -85,24 +85,32 @@ def inject_object_noise(samples: SampleCollection, label_field: str, fraction: f
     idx, new = choose_flips(y, len(all_classes), fraction, strategy, seed, None, reference)
     flipped = {ids[i]: all_classes[c] for i, c in zip(idx, new)}
 
+    flat = dataset.get_field_schema(flat=True)
+    prefix = f"{label_field}.detections."
+    attrs = {p[len(prefix):]: f for p, f in flat.items() if p.startswith(prefix) and "." not in p[len(prefix):]}
+    ours = {a for a, f in attrs.items() if (getattr(f, "info", None) or {}).get("created_by") == OWNER}
     all_ids, all_dets = dataset.values(["id", label_field])
     noisy: list[Any] = []
     for dets in all_dets:
         if dets is None:
             noisy.append(None)
             continue
-        copy = dets.copy()
-        for d, orig in zip(copy.detections, dets.detections):
-            d.id = orig.id  # the same boxes: an audit of the copy and the flips meet by id
+        boxes = []
+        for orig in dets.detections:  # the same boxes (ids too), without an audit's attributes
+            d = fo.Detection.from_dict({k: v for k, v in orig.to_dict().items() if k not in ours})
             d[flag_field] = orig.id in flipped
             if orig.id in flipped:
                 d.label = flipped[orig.id]
-        noisy.append(copy)
+            boxes.append(d)
+        noisy.append(fo.Detections(detections=boxes))
     info: dict[str, Any] = dict(source_field=label_field, strategy=strategy, fraction=fraction, seed=seed,
                                 noisy_field=noisy_field, flag_field=flag_field, objects=True)
     with dataset_lock(dataset):
         check_writable(dataset, [noisy_field], role=OBJECTS_ROLE)
         declare_field(dataset, noisy_field, fo.EmbeddedDocumentField, fo.Detections, role=OBJECTS_ROLE, **info)
+        for attr, f in attrs.items():  # the boxes' own attributes keep their types (e.g. a VectorField)
+            if attr not in ours and dataset.get_field(f"{noisy_field}.detections.{attr}") is None:
+                dataset.add_sample_field(f"{noisy_field}.detections.{attr}", type(f))
     write_values(dataset, noisy_field, all_ids, noisy)
     with dataset_lock(dataset):
         path = f"{noisy_field}.detections.{flag_field}"
