@@ -121,3 +121,31 @@ def test_noise_on_boxes_and_evaluation_per_box(make_mosaic_dataset, capsys):
     assert out2["num_flipped"] > 0
     na.remove_label_noise(ds, "ground_truth", "gt_confused")
     assert "gt_confused" not in ds.get_field_schema()
+
+
+@pytest.mark.skipif(not __import__("conftest").TINY.is_dir(), reason="../shared/data not found")
+def test_flipped_box_classes_of_real_mosaics_rank_high(tmp_path):
+    """Mosaics built at run time from ../shared/data (Tiny ImageNet, 4 classes): 20% of the
+    box classes flipped; the audit's score ranks them far above chance."""
+    import sys
+
+    from conftest import BENCH, TINY, unique_name
+
+    sys.path.insert(0, str(BENCH))
+    from make_mosaics import build_mosaics, load_mosaics, tiles_of, write_labels
+
+    classes = ["dining_table", "gondola", "goldfish", "orange"]
+    records = []
+    for split, n in (("train", 25), ("val", 8)):
+        records += build_mosaics(tiles_of(TINY, split, classes, n), tmp_path, split, seed=0)
+    write_labels(records, tmp_path)
+    ds = load_mosaics(tmp_path, unique_name("na-obj-tiny"))
+    try:
+        na.inject_label_noise(ds.match_tags("train"), "ground_truth", fraction=0.2, seed=0)
+        r = na.audit(ds, "ground_truth_noisy", key=KEY, **FAST)
+        m = na.evaluate(ds, f"{KEY}_corruption_score", "label_flipped")
+        n_boxes = sum(len(v) for v in ds.values("ground_truth.detections"))
+        assert m["n"] == len(r.ids) == n_boxes and m["k"] == sum(ds.values("ground_truth_noisy.detections.label_flipped", unwind=True))
+        assert m["average_precision"] > 2 * m["k"] / m["n"], m
+    finally:
+        ds.delete()
