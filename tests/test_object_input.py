@@ -80,7 +80,7 @@ def test_other_label_types_are_one_error_naming_what_is_supported(make_mosaic_da
     assert_same(state(ds), before)
 
 
-def test_noise_on_boxes_and_evaluation_per_box(make_mosaic_dataset, capsys):
+def test_noise_on_boxes_and_evaluation_per_box(make_mosaic_dataset, capsys, tmp_path):
     ds = make_mosaic_dataset()
     labels_before = ds.values("ground_truth.detections.label")
     out = na.inject_label_noise(ds, "ground_truth", fraction=0.2, seed=0, strategy="pair")
@@ -109,6 +109,8 @@ def test_noise_on_boxes_and_evaluation_per_box(make_mosaic_dataset, capsys):
     assert m["average_precision"] == pytest.approx(detection_metrics(order, flipped)["average_precision"])
     assert m["average_precision"] > flipped.mean()  # better than chance
     assert {row["label"] for row in m["per_label"]} == set(r.classes)
+    with pytest.raises(na.NoiseAuditError, match="audits the boxes of 'ground_truth_noisy'"):
+        na.report(ds, KEY, tmp_path / "report")  # not yet for boxes: one clear error
     # the CLI's evaluate reads the audit's attributes
     assert main(["evaluate", "--dataset", ds.name, "--key", KEY, "--json"]) == 0
     import json
