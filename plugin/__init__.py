@@ -50,7 +50,7 @@ IMAGE_PARAMS = ("backbone", "weights", "image_size")
 INJECT_PARAMS = ("label_field", "fraction", "seed", "noisy_field", "flag_field", "strategy")
 REMOVE_PARAMS = ("noisy_field", "flag_field")
 AUDIT_PARAMS = ("label_field", "key", "overwrite", "backbone", "weights", "method", "regularization", "folds",
-                "image_size", "precision", "device")
+                "image_size", "precision", "device", "min_box_size")
 REPORT_PARAMS = ("key", "out_dir", "truth_field")
 
 
@@ -267,6 +267,9 @@ class RunNoiseAudit(foo.Operator):
                     "the others are pyDVL's solvers", view=types.DropdownView())
         inputs.float("regularization", default=d["regularization"], label="L2 regularization of the head")
         inputs.int("folds", default=d["folds"], label="Cross-validation folds (cleanlab)")
+        if label_field and validation.label_field_kind(target, label_field) == "detections":
+            inputs.float("min_box_size", default=d["min_box_size"], label="Smallest box side (px)",
+                         description="Boxes with a side under this are skipped (counted in one warning)")
         if embeddings_field is None:
             inputs.int("image_size", default=d["image_size"], label="Image size (px)")
             inputs.enum("precision", list(PRECISIONS), default=d["precision"], label="Precision",
