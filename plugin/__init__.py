@@ -24,7 +24,6 @@ import noise_audit as na
 from noise_audit import validation
 from noise_audit.app import views as nav
 from noise_audit.core.backbones import resolve_precision
-from noise_audit.core.data import classification_fields
 from noise_audit.core.embeddings import vector_fields
 from noise_audit.errors import NoiseAuditError
 from noise_audit.methods import BACKBONES, METHODS, PRECISIONS
@@ -51,7 +50,7 @@ IMAGE_PARAMS = ("backbone", "weights", "image_size")
 INJECT_PARAMS = ("label_field", "fraction", "seed", "noisy_field", "flag_field", "strategy")
 REMOVE_PARAMS = ("noisy_field", "flag_field")
 AUDIT_PARAMS = ("label_field", "key", "overwrite", "backbone", "weights", "method", "regularization", "folds",
-                "image_size", "precision", "device")
+                "image_size", "precision", "device", "min_box_size")
 REPORT_PARAMS = ("key", "out_dir", "truth_field")
 
 
@@ -96,10 +95,11 @@ def _check_params(ctx, inputs, checks):
 
 
 def _label_field_input(ctx, inputs, library_default, label="Label field",
-                       description="The fo.Classification field to use"):
-    fields = classification_fields(ctx.dataset)
+                       description="The fo.Classification field (the class of each image) or fo.Detections "
+                                   "field (the class of each box) to use"):
+    fields = validation.label_fields(ctx.dataset)
     if not fields:
-        _error(inputs, "This dataset has no fo.Classification field")
+        _error(inputs, "This dataset has no fo.Classification or fo.Detections field")
         return None
     default = library_default if library_default in fields else fields[0]
     inputs.enum("label_field", fields, default=default, required=True, label=label,
@@ -267,6 +267,9 @@ class RunNoiseAudit(foo.Operator):
                     "the others are pyDVL's solvers", view=types.DropdownView())
         inputs.float("regularization", default=d["regularization"], label="L2 regularization of the head")
         inputs.int("folds", default=d["folds"], label="Cross-validation folds (cleanlab)")
+        if label_field and validation.label_field_kind(target, label_field) == "detections":
+            inputs.float("min_box_size", default=d["min_box_size"], label="Smallest box side (px)",
+                         description="Boxes with a side under this are skipped (counted in one warning)")
         if embeddings_field is None:
             inputs.int("image_size", default=d["image_size"], label="Image size (px)")
             inputs.enum("precision", list(PRECISIONS), default=d["precision"], label="Precision",

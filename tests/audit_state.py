@@ -34,7 +34,7 @@ def state(ds):
     ds.reload()
     db = foo.get_db_conn()
     schema = {}
-    for name, f in ds.get_field_schema().items():
+    for name, f in ds.get_field_schema(flat=True).items():  # flat: attributes declared on boxes too
         info = {k: v for k, v in (f.info or {}).items() if k not in VOLATILE_INFO}
         schema[name] = (type(f).__name__, getattr(getattr(f, "document_type", None), "__name__", None), info)
     samples = []

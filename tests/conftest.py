@@ -109,3 +109,34 @@ def plugins_dir(tmp_path_factory):
     yield root
     fo.config.plugins_dir = previous
     os.environ.pop("FIFTYONE_PLUGINS_DIR", None)
+
+
+BENCH = ROOT / "bench"
+MOSAICS = ROOT / "fixtures" / "mosaics"
+
+
+@pytest.fixture
+def make_mosaic_dataset(tmp_path):
+    """Factory: a throw-away dataset of mosaics of the committed CIFAR-10 images (bench/make_mosaics.py),
+    every tile a box of ``ground_truth`` (fo.Detections) with its class; mosaics tagged train/val."""
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    from make_mosaics import build_mosaics, load_mosaics, tiles_of, write_labels
+
+    made = []
+
+    def make(classes=SMALL_CLASSES, n_train=30, n_val=10, seed=0):
+        out = tmp_path / f"mosaics{len(made)}"
+        records = []
+        for split, n in (("train", n_train), ("val", n_val)):
+            records += build_mosaics(tiles_of(FIXTURES, split, classes, n), out, split, seed)
+        write_labels(records, out)
+        ds = load_mosaics(out, unique_name("na-obj"))
+        made.append(ds)
+        return ds
+
+    yield make
+    for ds in made:
+        if fo.dataset_exists(ds.name):
+            ds.delete()

@@ -323,3 +323,17 @@ def test_audit_form_offers_exactly_the_target_views_vector_fields(make_small_dat
     assert config.embeddings_field == "clip" and config.backbone is None and config.image_size is None
     assert nav.summary(ds, "by_clip")["embeddings_field"] == "clip"  # the panel says what the features were
     assert all(s is not None for s in ds.values("by_clip_corruption_score"))
+
+
+def test_the_forms_offer_detections_fields_and_the_audit_operator_audits_boxes(make_mosaic_dataset, plugins_dir):
+    ds = make_mosaic_dataset(n_train=12, n_val=6)
+    ds.add_sample_field("kp", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
+    props = form("run_noise_audit", ds, label_field="ground_truth")
+    assert props["label_field"].type.values == ["ground_truth"]  # Detections offered, Keypoints not
+    assert props["min_box_size"].default == library_defaults(na.audit)["min_box_size"]
+    assert form("inject_label_noise", ds)["label_field"].type.values == ["ground_truth"]
+    run_op("run_noise_audit", ds, label_field="ground_truth", key="boxes", backbone="resnet18", weights="random",
+           image_size=32, folds=2, min_box_size=1.0)
+    config, results = na.load_audit(ds, "boxes")
+    assert config.object_field == "ground_truth" and config.min_box_size == 1.0
+    assert len(results.ids) == len(ds.values("ground_truth.detections.id", unwind=True))

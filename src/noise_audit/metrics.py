@@ -126,6 +126,12 @@ def evaluate(samples: SampleCollection, score_field: str, truth_field: str = "la
             without its suspects, random samples and the flipped ones (what
             cleaning buys; seconds).
 
+    On the boxes of a ``Detections`` field, ``score_field`` and ``truth_field``
+    name attributes of the boxes (e.g. an audit's ``{key}_corruption_score``
+    and the ``label_flipped`` that :func:`noise_audit.inject_label_noise`
+    wrote on the noisy copy's boxes): one row per box (see
+    :func:`object_paths`); no cleaning refit.
+
     Returns:
         the metrics of :func:`detection_metrics`, plus ``per_label`` when
         ``label_field`` is given; for an audit's corruption score also
@@ -137,6 +143,9 @@ def evaluate(samples: SampleCollection, score_field: str, truth_field: str = "la
     """
     validation.non_empty(samples, "The view is empty")
     schema = samples.get_field_schema()
+    paths = object_paths(samples, score_field, truth_field) if score_field not in schema else None
+    if paths is not None:  # attributes of the boxes of a Detections field: one row per box
+        return _evaluate_objects(samples, paths, higher_is_suspicious, bool(label_field))
     if score_field not in schema:
         raise NoiseAuditError(f"Field {score_field!r} not found")
     validation.truth_field(samples, truth_field)  # a BooleanField, or one clear error
@@ -162,6 +171,51 @@ def evaluate(samples: SampleCollection, score_field: str, truth_field: str = "la
         out["calibration"] = calibration(scores, truth)
         if cleaning:
             out["cleaning"] = _cleaning(samples, key, truth_field)
+    return out
+
+
+def object_paths(samples: SampleCollection, score_field: str, truth_field: str) -> tuple[str, str, str] | None:
+    """``(Detections field, score path, truth path)`` when ``score_field`` is an attribute of the boxes of a
+    ``Detections`` field (its name, e.g. ``"noise_audit_corruption_score"``, or its path
+    ``"<field>.detections.<name>"``) whose boxes also carry ``truth_field``; None when no box field has it."""
+    import fiftyone as fo
+
+    flat = samples.get_field_schema(flat=True)
+    for field in sorted(samples.get_field_schema(embedded_doc_type=fo.Detections)):
+        prefix = f"{field}.detections."
+        name = score_field[len(prefix):] if score_field.startswith(prefix) else score_field
+        if prefix + name not in flat:
+            continue
+        truth = truth_field[len(prefix):] if truth_field.startswith(prefix) else truth_field
+        if prefix + truth not in flat:
+            raise NoiseAuditError(f"The boxes of {field!r} have {name!r} but no {truth!r} attribute to compare it to")
+        if not isinstance(flat[prefix + truth], fo.BooleanField):
+            raise NoiseAuditError(f"{prefix + truth!r} is a {type(flat[prefix + truth]).__name__}, not a boolean "
+                                  "attribute (True where the box's class was flipped)")
+        return field, prefix + name, prefix + truth
+    return None
+
+
+def _evaluate_objects(samples: SampleCollection, paths: tuple[str, str, str], higher_is_suspicious: bool | None,
+                      per_label: bool) -> dict[str, Any]:
+    """:func:`evaluate` over the boxes: every box with both a score and a truth is one row."""
+    field, score_path, truth_path = paths
+    scores, truth, labels = samples.values([score_path, truth_path, f"{field}.detections.label"])
+    rows = [(s, t, lab) for ss, ts, ls in zip(scores, truth, labels) for s, t, lab in zip(ss or [], ts or [], ls or [])
+            if s is not None and t is not None]
+    if not rows:
+        raise NoiseAuditError(f"No box has both {score_path!r} and {truth_path!r}")
+    score = np.array([r[0] for r in rows], dtype=float)
+    flipped = np.array([r[1] for r in rows], dtype=bool)
+    name = score_path.rsplit(".", 1)[1]
+    if higher_is_suspicious is None:
+        higher_is_suspicious = _higher_is_suspicious(name)
+    out = detection_metrics(score if higher_is_suspicious else -score, flipped)
+    if per_label:
+        out["per_label"] = per_label_table(score, flipped, [r[2] for r in rows])
+    out["score_field"], out["truth_field"], out["objects"] = score_path, truth_path, True
+    if name.endswith("_corruption_score"):
+        out["calibration"] = calibration(score, flipped)
     return out
 
 

@@ -32,6 +32,7 @@ from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import BY_NAME, signal_of_field
 from noise_audit.store.fields import check_writable, dataset_lock, declare_field, field_info, has_role, is_own_field, write_values
 from noise_audit.core.flips import STRATEGIES, choose_flips
+from noise_audit.object_noise import OBJECTS_ROLE, inject_object_noise
 
 if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection
@@ -118,6 +119,9 @@ def remove_label_noise(samples: SampleCollection, label_field: str = "ground_tru
         raise NoiseAuditError(f"noisy_field and flag_field must be two different fields, not both {noisy_field!r}")
     with dataset_lock(dataset):
         schema = dataset.get_field_schema()
+        if has_role(dataset, noisy_field, OBJECTS_ROLE):  # boxes: the flags are attributes of the copy's boxes
+            dataset.delete_sample_fields([noisy_field])
+            return {"removed": [noisy_field]}
         missing = [n for n in (noisy_field, flag_field) if n not in schema]
         if missing:
             raise NoiseAuditError(f"No injected label noise to remove: fields {missing} do not exist")
@@ -184,6 +188,11 @@ def inject_label_noise(
             string such as ``"0.1"`` is an error, not converted.
         seed: random seed; injection is deterministic for a seed.
         noisy_field: where the noisy copy goes.
+
+    A ``fo.Detections`` field gets its boxes' classes flipped instead
+    (``uniform``, ``pair``, ``confusion``; see :mod:`noise_audit.object_noise`):
+    the copy is a ``Detections`` field whose boxes carry the attribute
+    ``flag_field``, and the returned counts are of boxes.
         flag_field: boolean field: was this sample's label flipped?
         strategy: ``"uniform"``, ``"pair"``, ``"confusion"`` or ``"influential"``.
         influence_field: for ``influential``, the average-influence field of an
@@ -201,6 +210,10 @@ def inject_label_noise(
     noisy_field = noisy_field or default_noisy_field(label_field)
     if noisy_field == label_field or flag_field == label_field:
         raise NoiseAuditError("noisy_field and flag_field must differ from label_field")
+    validation.non_empty(samples)
+    if validation.label_field_kind(samples, label_field) == "detections":  # flips per box: object_noise.py
+        return inject_object_noise(samples, label_field, fraction, seed, noisy_field, flag_field, strategy,
+                                   prediction_field)
     data = read_labels(samples, label_field)
     dataset = samples._dataset
     check_targets(dataset, label_field, noisy_field, flag_field)

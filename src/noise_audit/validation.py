@@ -340,3 +340,45 @@ def image_settings_unused(field: str | None, given: Mapping[str, Any]) -> None:
         raise NoiseAuditError(
             f"{shown}: these settings compute features from the images; with {named} the features are "
             "the field's vectors, so leave them at their defaults")
+
+
+# -- what a label field holds: an image's class, or the class of every box (core/objects.py) --
+
+LABEL_KINDS = {"Classification": "classification", "Detections": "detections"}
+UNSUPPORTED_LABELS = ("Detection", "Keypoints", "Keypoint", "Polylines", "Polyline", "Segmentation",
+                      "Classifications", "Heatmap", "GeoLocation", "TemporalDetections")
+
+
+def label_fields(samples: SampleCollection) -> list[str]:
+    """Names of the top-level fields an audit can read: ``fo.Classification`` and ``fo.Detections``."""
+    import fiftyone as fo
+
+    return sorted(samples.get_field_schema(embedded_doc_type=[fo.Classification, fo.Detections]))
+
+
+def label_field_kind(samples: SampleCollection, name: Any) -> str:
+    """``"classification"`` or ``"detections"``: what the label field ``name`` holds.
+
+    Raises one message naming what is supported for any other label type
+    (``Keypoints``, ``Polylines``, ``Segmentation``, ...) or a missing field.
+    """
+    schema = samples.get_field_schema()
+    if not isinstance(name, str) or name not in schema:
+        raise NoiseAuditError(f"Label field {name!r} not found; label fields here (Classification or Detections): "
+                              f"{label_fields(samples)}")
+    doc = getattr(schema[name], "document_type", None)
+    kind = LABEL_KINDS.get(getattr(doc, "__name__", ""))
+    if kind is None:
+        shown = getattr(doc, "__name__", None) or type(schema[name]).__name__
+        raise NoiseAuditError(
+            f"Field {name!r} is {shown}, not a fo.Classification field (the class of each image) or a fo.Detections "
+            f"field (the class of each box), the two label types noise-audit audits; label fields here: "
+            f"{label_fields(samples)}")
+    return kind
+
+
+def min_box_size(value: Any, name: str = "min_box_size") -> float:
+    """A box's smallest side in pixels (a number >= 0)."""
+    if not _is_number(value) or not math.isfinite(float(value)) or float(value) < 0:
+        raise NoiseAuditError(f"{name} must be a number of pixels >= 0, not {_shown(value, name)}")
+    return float(value)

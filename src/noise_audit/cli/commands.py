@@ -70,7 +70,8 @@ def cmd_inject(args: argparse.Namespace) -> str:
                              args.prediction_field)
     if args.json:
         return json.dumps(out, indent=2)
-    return (f"flipped {out['num_flipped']} of {out['num_samples']} labels ({out['strategy']}); "
+    what = "box labels" if "num_images" in out else "labels"
+    return (f"flipped {out['num_flipped']} of {out['num_samples']} {what} ({out['strategy']}); "
             f"noisy labels in {out['noisy_field']!r}, truth in {out['flag_field']!r}")
 
 
@@ -172,7 +173,7 @@ def cmd_audit(args: argparse.Namespace) -> str:
                   regularization=reg,
                   folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
                   device=args.device, client=client, embeddings_field=args.embeddings_field,
-                  warm_start=True if args.warm_start == "auto" else args.warm_start)
+                  warm_start=True if args.warm_start == "auto" else args.warm_start, min_box_size=args.min_box_size)
     finally:
         if client is not None:
             cluster = client.cluster if args.dask.startswith("local:") else None
@@ -181,7 +182,8 @@ def cmd_audit(args: argparse.Namespace) -> str:
                 cluster.close()
     out = {"dataset": ds.name, "key": r.key, "n_samples": len(r.ids), "num_label_issues": r.num_label_issues,
            "influence_method": r.config["influence_method"], "fields": r.config["fields"], "timings_s": r.timings}
-    text = (f"audited {out['n_samples']} samples of {ds.name!r} under key {r.key!r}: "
+    what = "samples" if not r.config.get("object_field") else "boxes"
+    text = (f"audited {out['n_samples']} {what} of {ds.name!r} under key {r.key!r}: "
             f"{r.num_label_issues} estimated label issues; fields {list(r.config['fields'].values())}")
     if args.report:
         text += "\n" + _report(view, r.key, args, out)
@@ -207,12 +209,18 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
 
     ds = _load_dataset(args.dataset)
     config, _ = load_audit(ds, args.key)
-    view = ds.select(ds.load_run_results(args.key, load_view=False).ids)
-    fields = audit_fields(args.key)
     names = [cast(str, s.field) for s in SHOWN]
-    out = {n: evaluate(view, fields[n], args.truth_field) for n in names}
-    out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
-                                                    label_field=config.label_field, cleaning=False)["per_label"]
+    if config.get("object_field"):  # an audit of boxes: its attributes against the boxes' truth attribute
+        prefix = f"{config.object_field}.detections."
+        out = {n: evaluate(ds, prefix + config.object_attributes[n], args.truth_field) for n in names}
+        out["corruption_score"] = evaluate(ds, prefix + config.object_attributes["corruption_score"],
+                                           args.truth_field, label_field=config.object_field)
+    else:
+        view = ds.select(ds.load_run_results(args.key, load_view=False).ids)
+        fields = audit_fields(args.key)
+        out = {n: evaluate(view, fields[n], args.truth_field) for n in names}
+        out["corruption_score"]["per_label"] = evaluate(view, fields["corruption_score"], args.truth_field,
+                                                        label_field=config.label_field, cleaning=False)["per_label"]
     if args.json:
         return json.dumps(out, indent=2)
     rows = [[n] + [fmt(out[n][k]) for k in ("auroc", "average_precision", "precision_at_k", "recall_at_10pct")] for n in names]

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the backbone's arithmetic: fp32 (exact, default); bf16 (about 2x faster where the CPU has "
                         "AVX-512 BF16/AMX or the GPU bf16; features differ slightly); auto (bf16 where supported and "
                         "allowed by the quality grid, else fp32)")
+    a.add_argument("--min-box-size", type=float, default=2.0, metavar="PX",
+                   help="a Detections field: skip boxes with a side under PX pixels (default 2; counted in one warning)")
     a.add_argument("--method", default="auto")
     a.add_argument("--regularization", default="3.0", help="L2 strength of the head, or 'auto'")
     a.add_argument("--folds", type=int, default=5)

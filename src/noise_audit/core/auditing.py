@@ -18,25 +18,23 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional, cast
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.model_selection import train_test_split
 
 from noise_audit import validation
 from noise_audit._version import __version__
-from noise_audit.core import distributed, embeddings, finetune, noise_model, pipeline, scores, suggestions
+from noise_audit.core import embeddings, finetune, noise_model, object_audit, objects, pipeline, scores
+from noise_audit.core import suggestions
 from noise_audit.core import warm_start as warm
-from noise_audit.core import features as feats
 from noise_audit.core.backbones import Backbone
 from noise_audit.core.features import get_backbone
 from noise_audit.core.feature_cache import default_cache_dir
 from noise_audit.core import head as heads
 from noise_audit.core import influence as infl
-from noise_audit.core.blocks import Blocks
+from noise_audit.core.stages import STAGES, _Clock, _features, _Features, _head_and_influence, _results_doc, _standardized  # noqa: F401
 from noise_audit.core.data import read_labels
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import FIELD_SIGNALS
@@ -54,7 +52,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_L2 = 3.0
-STAGES = ("features", "head", "cross_validation", "influence", "scores", "write")
 
 
 # AuditResults is the FiftyOne run results class of an audit (see store/runs.py); the
@@ -86,22 +83,6 @@ def _resolve_test(samples, data, test, seed):
     if len(np.unique(data.labels[~mask])) < 2:
         raise NoiseAuditError("The training part has fewer than two classes")
     return mask, desc
-
-
-class _Clock:
-    def __init__(self, on_progress):
-        self.timings, self.on_progress, self._t, self._reported = {}, on_progress, None, -1.0
-
-    def start(self, stage):
-        self._stage, self._t = stage, time.perf_counter()
-        fraction = STAGES.index(stage) / len(STAGES)
-        if self.on_progress and fraction >= self._reported:  # progress only moves forward
-            self._reported = fraction
-            self.on_progress(stage, fraction)
-
-    def stop(self):
-        elapsed = time.perf_counter() - self._t
-        self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + elapsed, 4)
 
 
 def build_backbone(backbone: str | torch.nn.Module | Backbone, weights: str | os.PathLike[str] | None,
@@ -151,6 +132,7 @@ def audit(
     client: Client | None = None,
     warm_start: str | bool | None = None,
     embeddings_field: str | None = None,
+    min_box_size: float = objects.DEFAULT_MIN_BOX_SIZE,
 ) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -222,6 +204,19 @@ def audit(
             records the field and a fingerprint of its vectors, and
             explanations refuse to run once the vectors change.
 
+        min_box_size: for a ``Detections`` field, boxes with a side under
+            this many pixels are skipped (counted in one warning, with empty
+            ``Detections``, boxes not inside the image and boxes of zero area).
+
+    A ``fo.Detections`` field is audited object by object: the class of
+    every box (see :mod:`noise_audit.core.object_audit`): FiftyOne's crops of
+    the boxes are the rows, images are kept whole on one side of the split,
+    and the signals are attributes of every ``Detection``
+    (``{key}_corruption_score``, ...) plus ``{key}_max_score`` and
+    ``{key}_num_suspects`` per sample. ``embeddings_field`` then names an
+    attribute of the boxes that holds a vector; ``client``,
+    ``train_last_block`` and ``warm_start`` are not available.
+
     Returns:
         an :class:`AuditResults`.
     """
@@ -233,6 +228,13 @@ def audit(
         image_size = validation.image_size(image_size)
     method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
+    if validation.label_field_kind(samples, label_field) == "detections":
+        return _audit_objects(samples, label_field, test=test, key=key, backbone=backbone, weights=weights,
+                              transform=transform, image_size=image_size, precision=precision, method=method,
+                              regularization=regularization, folds=folds, seed=seed, batch_size=batch_size,
+                              overwrite=overwrite, progress=progress, on_progress=on_progress,
+                              train_last_block=train_last_block, device=device, client=client,
+                              warm_start=warm_start, embeddings_field=embeddings_field, min_box_size=min_box_size)
     if embeddings_field is not None:  # the field's vectors are the features: nothing is computed from pixels
         validation.image_settings_unused(embeddings_field, image_settings_given(
             backbone=backbone, weights=weights, transform=transform, image_size=image_size,
@@ -324,15 +326,29 @@ def audit(
     return results
 
 
-@dataclass
-class _Features:
-    """Standardised float64 features: ``x`` in memory, or ``blocks`` on Dask workers."""
+def _audit_objects(samples, label_field, *, backbone, weights, transform, image_size, precision, train_last_block,
+                   client, warm_start, embeddings_field, device, seed, **rest):
+    """:func:`audit` of a ``Detections`` field (:func:`noise_audit.core.object_audit.audit_objects`)."""
+    object_audit.unsupported_settings(client=client, train_last_block=train_last_block, warm_start=warm_start)
+    min_box_size = validation.min_box_size(rest.pop("min_box_size"))
+    device = heads.resolve_device(device)
+    if embeddings_field is not None:
+        validation.image_settings_unused(embeddings_field, image_settings_given(
+            backbone=backbone, weights=weights, transform=transform, image_size=image_size, precision=precision))
+        source = dict(backbone=None, backbone_id=None, image_size=None, weights=None, precision=None)
+        make = None
+    else:
+        bb_precision = validation.precision(precision)
 
-    x: np.ndarray | None
-    blocks: Blocks | None
-    mean: np.ndarray
-    std: np.ndarray
-    n_computed: int
+        def make():
+            return build_backbone(backbone, weights, transform, image_size, seed, False, bb_precision, device)[0]
+
+        source = dict(backbone=backbone if isinstance(backbone, str) else type(backbone).__name__, backbone_id=None,
+                      image_size=image_size, precision=bb_precision,
+                      weights=weights if isinstance(weights, (str, type(None))) else str(weights))
+    return object_audit.audit_objects(samples, label_field, make_backbone=make, source=source, device=device,
+                                      seed=seed, embeddings_attribute=embeddings_field, min_box_size=min_box_size,
+                                      **rest)
 
 
 def image_settings_given(**settings):
@@ -342,62 +358,6 @@ def image_settings_given(**settings):
     defaults = inspect.signature(audit).parameters
     return {name: value for name, value in settings.items()
             if not (value is defaults[name].default or value == defaults[name].default)}
-
-
-def _features(paths, bb, columns, raw_maps, batch_size, cache_dir, progress, on_progress, client):
-    """Stage 2: the backbone's features of ``paths``, standardised on the training rows."""
-    if client is not None:
-        blocks, mean, std, n_computed = distributed.feature_blocks(client, paths, bb, columns, batch_size, cache_dir)
-        return _Features(None, blocks, mean, std, n_computed)
-    raw, n_computed = feats.extract_features(
-        paths, bb, batch_size, cache_dir, progress,
-        on_progress=(lambda f: on_progress("features", f / len(STAGES))) if on_progress else None,
-    )
-    return _standardized(raw, columns, raw_maps, n_computed, None)
-
-
-def _standardized(raw, columns, raw_maps, n_computed, client):
-    """Raw features (the backbone's, or an embeddings field's) standardised on the training rows."""
-    if client is not None:
-        blocks, mean, std = distributed.array_blocks(client, raw, columns)
-        return _Features(None, blocks, mean, std, n_computed)
-    if raw_maps:  # a fine-tuned block's own batch norm expects the raw maps
-        mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
-    else:
-        mean, std = feats.standardization(raw, rows=columns["train"])
-    x = np.subtract(raw, mean, dtype=np.float64)  # the one float64 copy of the features
-    x /= std
-    return _Features(x, None, mean, std, n_computed)
-
-
-def _head_and_influence(features, columns, n_classes, l2, folds, seed, method, clock, make_head, progress, device,
-                        init=None):
-    """Stages 3-4: the linear head's closed form on row blocks, else pyDVL (the reference)."""
-    if make_head is None and method in ("auto", "linear"):
-        blocks = features.blocks
-        if blocks is None:
-            blocks = Blocks.from_arrays({"x": features.x, **columns}, device=device)
-        return pipeline.linear_signals(blocks, len(features.mean), n_classes, l2, folds, clock, progress, device,
-                                       init=init)
-    return pipeline.reference_signals(features.x, columns["y"], ~columns["train"], columns["fold"], n_classes, l2,
-                                      folds, seed, method, clock, make_head, progress, device)
-
-
-def _results_doc(data, is_test, out, mean, std, n_computed, n_issues, suspect):
-    """What the run's results keep besides the fields (the head is added by the caller)."""
-    y, te = data.labels, is_test
-    classes = np.array(data.classes)
-    return dict(
-        classes=data.classes, ids=data.ids.tolist(), labels=y.tolist(), is_test=is_test.tolist(), head=None,
-        # None marks a feature dropped as constant on the training set (scale inf)
-        feature_mean=mean.tolist(), feature_std=[float(v) if np.isfinite(v) else None for v in std],
-        history=out.history, l2_scores={str(k): v for k, v in (out.l2_scores or {}).items()},
-        num_label_issues=n_issues, label_issues_per_class={c: int(((classes[y] == c) & suspect).sum()) for c in data.classes},
-        test_accuracy=float((out.test_pred == y[te]).mean()),
-        test_f1_macro=float(f1_score(y[te], out.test_pred, average="macro")),
-        test_confusion=confusion_matrix(y[te], out.test_pred, labels=range(len(classes))).tolist(),
-        features_computed=n_computed,
-    )
 
 
 def _field_values(classes, signals, suspect, oos_logits, oos_probs, suggested):

@@ -24,6 +24,9 @@ def audited_view(samples, key):
         raise NoiseAuditError("samples must be a FiftyOne dataset or view")
     dataset = samples._dataset
     config, results = load_audit(dataset, key)
+    if config.get("object_field"):  # rows are boxes: the report and the panel show images (issue 26, item 3)
+        raise NoiseAuditError(f"{key!r} audits the boxes of {config.object_field!r}: the report and the App's panel "
+                              "do not show audits of boxes yet; use na.evaluate and the boxes' attributes")
     view = samples.select(list(results.ids), ordered=True)
     if len(view) == 0:
         raise NoiseAuditError(f"None of the samples audited under {key!r} are in this view")

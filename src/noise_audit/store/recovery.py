@@ -20,6 +20,7 @@ import os
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from noise_audit.store import objects as object_attrs
 from noise_audit.store.fields import OWNER, dataset_lock, field_info, has_raw, is_own_field, unset_raw, writer_alive
 from noise_audit.store.ownership import RUN_METHOD, SIGNAL_FIELDS, TEMP_NAME, TMP, old_name, role, tmp_name
 
@@ -174,7 +175,24 @@ def recover(dataset: Dataset, key: str | None = None) -> dict[str, list[str]]:
                 continue
             done = recover_token(dataset, token, e)
             out["finished" if done else "rolled_back"].append(e["key"])
+        _settle_objects(dataset)
     return out
+
+
+def _settle_objects(dataset: Dataset) -> None:
+    """Per-object attributes back to their linked runs' (see :mod:`noise_audit.store.objects`)."""
+    if not object_attrs.detections_fields(dataset):
+        return
+    linked, _ = linked_audits(dataset)
+    for key in linked:
+        config = dataset.get_run_info(key).config
+        cfg = {"object_field": getattr(config, "object_field", None), "token": getattr(config, "token", None)}
+        if not object_attrs.is_whole(dataset, key, cfg):
+            results = dataset.load_run_results(key, cache=False, load_view=False) if cfg["object_field"] else None
+            res = None if results is None else {n: getattr(results, n) for n in ("ids", "sample_ids", "object_values")}
+            object_attrs.settle(dataset, key, cfg, res)
+    for key in object_attrs.orphan_keys(dataset, list(linked)):
+        object_attrs.clear(dataset, key)
 
 
 def recover_token(dataset, token, entry=None):
@@ -194,7 +212,7 @@ def recover_token(dataset, token, entry=None):
         for run_id in entry["docs"]:
             delete_run_doc(run_id)
         return False
-    signal_names = set(SIGNAL_FIELDS)
+    signal_names = set(SIGNAL_FIELDS) | set(object_attrs.OBJECT_SAMPLE_FIELDS)
     for name in entry["tmp"] + entry["old"]:
         signal_names.add(TEMP_NAME.match(name).group(3))
     if committed:

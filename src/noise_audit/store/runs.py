@@ -32,6 +32,7 @@ import fiftyone.core.runs as fors
 
 from noise_audit.errors import NoiseAuditError
 from noise_audit.signals import BY_NAME, SHOWN, SIGNALS, suspicion
+from noise_audit.store import objects as object_attrs
 from noise_audit.store.fields import check_writable, dataset_lock, is_own_field
 from noise_audit.store.ownership import (OLD, RUN_METHOD, SIGNAL_OF_FIELD, TMP, audit_fields, belongs,
                                          config_fields, is_reserved, role)
@@ -107,6 +108,8 @@ class AuditRun(fors.Run):
         with dataset_lock(dataset):
             token = getattr(self.config, "token", None)
             names = list(config_fields(self.config, key).values())
+            if getattr(self.config, "object_field", None):
+                object_attrs.remove(dataset, key)
             own = [n for n in names if belongs(dataset, n, key, token)]
             if own:
                 dataset.delete_sample_fields(own)
@@ -154,8 +157,9 @@ class AuditResults(fors.RunResults):
         self.is_test = np.asarray(self.is_test, dtype=bool)
         self._signals = dict(signals) if signals is not None else None
         self._predictions = predictions
-        if signals is not None:
-            self.stored_signals = {n: _encode(v) for n, v in signals.items() if n not in SIGNAL_OF_FIELD}
+        if signals is not None:  # an audit of objects keeps them all: its fields are per sample, not per row
+            objects = bool(getattr(config, "object_field", None))
+            self.stored_signals = {n: _encode(v) for n, v in signals.items() if objects or n not in SIGNAL_OF_FIELD}
         elif not hasattr(self, "stored_signals"):
             self.stored_signals = {}
 
@@ -184,7 +188,7 @@ class AuditResults(fors.RunResults):
     def signals(self) -> dict[str, np.ndarray]:
         if self._signals is None:
             out = {n: _decode(v) for n, v in (self.stored_signals or {}).items()}
-            for name, field in SIGNAL_OF_FIELD.items():
+            for name, field in ({} if getattr(self.config, "object_field", None) else SIGNAL_OF_FIELD).items():
                 out[name] = np.array(self._column(self.fields[field]), dtype=float)
             order = [s.name for s in SIGNALS]
             self._signals = {n: out[n] for n in order if n in out} | {n: v for n, v in out.items() if n not in order}
@@ -192,6 +196,8 @@ class AuditResults(fors.RunResults):
 
     @property
     def predictions(self) -> np.ndarray:
+        if self._predictions is None and getattr(self.config, "object_field", None):
+            self._predictions = np.asarray(getattr(self, "object_predictions"), dtype=float)
         if self._predictions is None:
             from scipy.special import softmax
 
@@ -305,6 +311,8 @@ def delete_audit(dataset: Dataset, key: str) -> None:
         token = getattr(config, "token", None)
         run_id = dataset._doc.runs[key].id
         names = list(config_fields(config, key).values())
+        if getattr(config, "object_field", None):  # interrupted before the unlink: the attributes come back
+            object_attrs.remove(dataset, key)
         unlink_run(dataset, key)  # from here the audit is gone; a crash leaves fields recover() drops
         own = [n for n in names if belongs(dataset, n, key, token)]
         if own:
@@ -316,6 +324,8 @@ def rename_audit(dataset, key, new_key, config):
     """Renames the audit's fields to ``new_key``'s (FiftyOne then renames the run)."""
     import fiftyone.core.odm as foo
 
+    if getattr(config, "object_field", None):
+        raise NoiseAuditError(f"{key!r} is an audit of objects, which cannot be renamed: audit again under {new_key!r}")
     with dataset_lock(dataset):
         check_key_name(new_key)
         token = getattr(config, "token", None)

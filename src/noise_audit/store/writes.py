@@ -13,6 +13,8 @@ write left (:func:`~noise_audit.store.recovery.recover`):
    ``noise_audit_old_<token>_<signal>``;
 5. ``new_moved``: the temporary fields are renamed to ``{key}_<signal>``;
 6. ``linked``: the run is linked under ``key``, one atomic update: the commit;
+   then the per-object attributes of an audit of objects are written
+   (:mod:`noise_audit.store.objects`; ``objects`` is the step half-way);
 7. ``old_deleted``: the replaced audit's fields and run document are deleted.
 
 Each field and run document of a write carries its ``token``. A Python
@@ -41,6 +43,7 @@ import numpy as np
 
 import fiftyone as fo
 
+from noise_audit.store import objects as object_attrs
 from noise_audit.store.fields import OWNER, dataset_lock, renew_lock, write_columns, writer
 from noise_audit.store.ownership import SIGNAL_FIELDS, audit_fields, belongs, old_name, role, tmp_name
 from noise_audit.store.recovery import ACTIVE_WRITES, delete_run_doc, link_run, recover, recover_token
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WRITE_STEPS = ("declared", "written", "prepared", "old_moved", "new_moved", "linked", "old_deleted")
+# "objects": half-way through the per-object attributes of an audit of objects (after "linked")
 # Test-only: "<step>" raises there, "<step>:kill" SIGKILLs this process, "<step>:pause:<file>" creates <file>
 # and waits (at most PAUSE_MAX_S) until it is removed, so a test can act while the write stands at that step.
 FAULT_ENV = "NOISE_AUDIT_FAULT_AT"
@@ -88,7 +92,8 @@ def _pause(marker: str) -> None:
 def write_audit(samples: SampleCollection, key: str, ids: Sequence[str], values: Mapping[str, Sequence[Any]],
                 config: Mapping[str, Any], results: Mapping[str, Any],
                 signals: Mapping[str, np.ndarray] | None = None, predictions: np.ndarray | None = None,
-                overwrite: bool = False, before_commit: Callable[[], Any] | None = None) -> AuditResults:
+                overwrite: bool = False, before_commit: Callable[[], Any] | None = None,
+                fields: Mapping[str, type] | None = None) -> AuditResults:
     """Writes the fields and registers the run, all or nothing (see the module doc).
 
     ``values`` maps each signal of :data:`SIGNAL_FIELDS` to one stored value
@@ -96,20 +101,27 @@ def write_audit(samples: SampleCollection, key: str, ids: Sequence[str], values:
     ``results`` is the dict of what the run's results keep; ``signals`` and
     ``predictions`` the in-memory arrays. ``before_commit()`` is called once
     the values are written, before the config is stored (to finish timings).
+    ``fields`` maps each stored signal to its field type (default
+    :data:`SIGNAL_FIELDS`; an audit of objects passes
+    :data:`~noise_audit.store.objects.OBJECT_SAMPLE_FIELDS`). Once the run is
+    linked, the per-object attributes of the key are made those of the new run
+    (:func:`noise_audit.store.objects.settle`: written for an audit of objects,
+    removed when it replaces one).
 
     Returns:
         the :class:`AuditResults`, as later loaded
     """
     dataset = samples._dataset
     token = uuid.uuid4().hex[:12]
-    names = audit_fields(key)
+    ftypes = dict(fields) if fields is not None else SIGNAL_FIELDS
+    names = {n: f"{key}_{n}" for n in ftypes} if fields is not None else audit_fields(key)
     ACTIVE_WRITES.add(token)
     try:
         with dataset_lock(dataset):
             recover(dataset, key)
             check_key(dataset, key, overwrite)
             for name, field in names.items():
-                ftype = SIGNAL_FIELDS[name]
+                ftype = ftypes[name]
                 doc = fo.Classification if ftype is fo.EmbeddedDocumentField else None
                 kwargs = {"embedded_doc_type": doc} if doc else {}
                 dataset.add_sample_field(tmp_name(token, name), ftype, info={
@@ -139,6 +151,7 @@ def write_audit(samples: SampleCollection, key: str, ids: Sequence[str], values:
             renew_lock(dataset)
             link_run(dataset, key, run_doc.id)
             _step("linked")
+            object_attrs.settle(dataset, key, {**config, "token": token}, results, on_half=lambda: _step("objects"))
             if moving:
                 dataset.delete_sample_fields(list(moving.values()))
             if old is not None:
