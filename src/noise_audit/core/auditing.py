@@ -29,6 +29,7 @@ from sklearn.model_selection import train_test_split
 from noise_audit import validation
 from noise_audit._version import __version__
 from noise_audit.core import distributed, embeddings, finetune, noise_model, pipeline, scores, suggestions
+from noise_audit.core import weight_probe
 from noise_audit.core import warm_start as warm
 from noise_audit.core import features as feats
 from noise_audit.core.backbones import Backbone
@@ -151,6 +152,7 @@ def audit(
     client: Client | None = None,
     warm_start: str | bool | None = None,
     embeddings_field: str | None = None,
+    influence_weight: float | str = "auto",
 ) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -221,6 +223,13 @@ def audit(
             ``train_last_block`` must stay at their defaults. The run's config
             records the field and a fingerprint of its vectors, and
             explanations refuse to run once the vectors change.
+        influence_weight: the ranking's share of average influence:
+            ``"auto"`` (default) chooses 0, 0.5 or 1 by flips planted into
+            this audit's data (:mod:`noise_audit.core.weight_probe`; it refits
+            the folds and the head three times on at most 5,000 rows), a
+            number in [0, 1] fixes it (0.5 gives the scores of earlier
+            versions). The config records the choice and each candidate's
+            AP at finding the planted flips.
 
     Returns:
         an :class:`AuditResults`.
@@ -233,6 +242,7 @@ def audit(
         image_size = validation.image_size(image_size)
     method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
+    influence_weight = validation.influence_weight(influence_weight)
     if embeddings_field is not None:  # the field's vectors are the features: nothing is computed from pixels
         validation.image_settings_unused(embeddings_field, image_settings_given(
             backbone=backbone, weights=weights, transform=transform, image_size=image_size,
@@ -270,14 +280,16 @@ def audit(
             if start_from else None)
     out = _head_and_influence(features, columns, len(data.classes), regularization, folds, seed, method, clock,
                               make_head, progress, device, init)
+    clock.start("scores")  # the influence weight first: its probe refits heads on the features
+    weight = weight_probe.audit_weight(influence_weight, features.x if features.x is not None else features.blocks,
+                                       data.labels, is_test, columns["fold"], out, folds, seed, device,
+                                       linear_head=make_head is None)
     mean, std, n_computed = features.mean, features.std, features.n_computed
     features = None  # free the features before writing
-
-    clock.start("scores")
     true_class = noise_model.true_class_posterior(data.labels, out.oos_logits, out.clean_oos_logits, is_test)
     signals, n_issues, suspect = scores.audit_signals(data.labels, is_test, out.oos_logits, out.clean_oos_logits,
                                                       out.average_influence, out.self_influence, out.loss,
-                                                      true_class=true_class)
+                                                      true_class=true_class, influence_weight=weight.weight)
     suggested = suggestions.suggested_labels(data.labels, signals["corruption_score"], true_class)
     clock.stop()
     config = dict(
@@ -289,6 +301,7 @@ def audit(
         device=str(device), dask_workers=len(client.scheduler_info()["workers"]) if client is not None else None,
         labels_fingerprint=labels_fingerprint(data.ids, [data.classes[k] for k in data.labels]),  # store/labels.py
         warm_start=start_from if init is not None and method in ("auto", "linear") else None,
+        **weight.config(),  # the influence weight, and the probe's APs when it chose it
     )
 
     clock.start("write")
