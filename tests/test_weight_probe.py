@@ -64,3 +64,27 @@ def test_clean_rows_leave_out_the_first_rankings_top_training_rows():
     clean = weight_probe.clean_rows(ranking, is_test, n_suspects=3)
     assert clean.tolist() == [True] * 5 + [False] * 5
     assert weight_probe.clean_rows(ranking, is_test, n_suspects=100).sum() == 4  # at most half left out
+
+
+# -- the audit records its choice -------------------------------------------------------------
+
+def test_audit_chooses_the_weight_records_it_and_ranks_with_it(make_small_dataset):
+    import noise_audit as na
+
+    ds = make_small_dataset()
+    na.inject_label_noise(ds.match_tags("train"), fraction=0.2, strategy="pair", seed=0)
+    kw = dict(image_size=32, progress=False)
+    auto = na.audit(ds, "ground_truth_noisy", key="auto", **kw)
+    c = auto.config
+    probe = c["influence_weight_probe"]
+    assert c["influence_weight_requested"] == "auto" and c["influence_weight"] in weight_probe.CANDIDATES
+    assert set(probe["average_precision"]) == {"0.0", "0.5", "1.0"} and probe["plantings"] == 3
+    assert len(probe["per_planting"]) == 3 and probe["planted"] >= weight_probe.MIN_PLANTED
+    aps = {float(w): ap for w, ap in probe["average_precision"].items()}
+    assert all(0 < ap <= 1 for ap in aps.values())
+    assert c["influence_weight"] == weight_probe.pick_weight(aps)
+    # the chosen weight is the one the scores were ranked with: a fixed audit at it gives the same scores
+    fixed = na.audit(ds, "ground_truth_noisy", key="fixed", influence_weight=c["influence_weight"], **kw)
+    assert fixed.config["influence_weight_probe"] is None
+    assert fixed.config["influence_weight_requested"] == c["influence_weight"]
+    assert np.allclose(ds.values("auto_corruption_score"), ds.values("fixed_corruption_score"))

@@ -280,13 +280,14 @@ def audit(
             if start_from else None)
     out = _head_and_influence(features, columns, len(data.classes), regularization, folds, seed, method, clock,
                               make_head, progress, device, init)
-    clock.start("scores")  # the influence weight first: its probe refits heads on the features
+    clock.start("scores")  # the noise model, then the influence weight: its probe refits heads on the features
+    noise_parts = noise_model.noise_model_parts(data.labels, out.oos_logits, out.clean_oos_logits, is_test)
+    true_class = noise_model.true_class_probs(data.labels, *noise_parts)
     weight = weight_probe.audit_weight(influence_weight, features.x if features.x is not None else features.blocks,
                                        data.labels, is_test, columns["fold"], out, folds, seed, device,
-                                       linear_head=make_head is None)
+                                       linear_head=make_head is None, noise_parts=noise_parts)
     mean, std, n_computed = features.mean, features.std, features.n_computed
     features = None  # free the features before writing
-    true_class = noise_model.true_class_posterior(data.labels, out.oos_logits, out.clean_oos_logits, is_test)
     signals, n_issues, suspect = scores.audit_signals(data.labels, is_test, out.oos_logits, out.clean_oos_logits,
                                                       out.average_influence, out.self_influence, out.loss,
                                                       true_class=true_class, influence_weight=weight.weight)

@@ -14,21 +14,23 @@ chosen by labels planted on the held-out rows
 (:func:`~noise_audit.core.scores.loss_view_temperature`):
 
 1. *Where to plant.* Training rows the first pass judges clean: all but the
-   top of the audit's ranking at the fixed weight, as many as cleanlab
-   estimates are wrong (at most half of them), so that real errors do not
-   pollute the probe's truth (:func:`clean_rows`). On a big audit, a
+   top of the audit's ranking at the fixed weight, as many as the noise
+   model expects to be wrong (at most half of them), so that real errors
+   do not pollute the probe's truth (:func:`clean_rows`). On a big audit, a
    stratified subsample of at most :data:`MAX_PROBE_ROWS` rows
    (:func:`probe_rows`), which bounds the probe's cost.
-2. *What to plant.* Flips drawn from the noise matrix cleanlab estimates from
-   the out-of-sample probabilities, ``N[given, true]``: how labels seem to
-   go wrong in this data, at the rate they seem to (kept within
-   :data:`RATE_BOUNDS`; :func:`planting_plan`, :func:`plant_flips`). Uniform
-   noise plants uniform flips, pair noise plants pair flips.
+2. *What to plant.* Flips drawn from the noise model's matrix
+   ``N[given, true]`` (:func:`~noise_audit.core.noise_model.noise_model_parts`:
+   EM from cleanlab's estimate on the out-of-sample probabilities): how
+   labels seem to go wrong in this data, at the rate the model expects
+   (kept within :data:`RATE_BOUNDS`; :func:`plant_flips`). Uniform noise
+   plants uniform flips, pair noise plants pair flips.
 3. *The two views again*, on the planted labels, with the audit's own
-   stages: out-of-fold logits of the same folds, and the closed-form average
-   influence of a head fit on the planted training labels
-   (:func:`planted_views`). The loss is read as the audit reads it, at the
-   temperature the held-out rows choose.
+   stages: out-of-fold logits of the same folds, the closed-form average
+   influence of a head fit on the planted training labels, and the folds
+   fit again without that first ranking's suspects (:func:`planted_views`);
+   each candidate ranks as the audit would
+   (:func:`~noise_audit.core.scores.audit_ranking`).
 4. *The choice.* Each candidate weight of :data:`CANDIDATES` ranks the clean
    rows; its AP at finding the planted flips (scikit-learn's
    ``average_precision_score``), averaged over :data:`PLANTINGS` plantings
@@ -40,10 +42,10 @@ A previous study on CIFAR-10 two-class pairs at 32 px (10% and 20% uniform
 flips, 3 seeds) found fixed ½ below cleanlab in 5 of 6 rows and the probe
 with three plantings in none (one planting: 3 misses), and the probe kept
 influence on pair-noise rows. The cost: each planting refits the folds
-(``folds + 1`` head fits), one head and its influence, on at most
-:data:`MAX_PROBE_ROWS` rows; three plantings are about three times the
-head, cross-validation and influence stages of an audit of that size, and
-nothing is recomputed from the images.
+twice (``2 (folds + 1)`` head fits, all starting from the audit's head),
+one head and its influence, on at most :data:`MAX_PROBE_ROWS` rows; three
+plantings are about three times the head, cross-validation and influence
+stages of an audit of that size, and nothing is recomputed from the images.
 """
 
 from __future__ import annotations
@@ -55,15 +57,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
-from scipy.special import softmax
 from sklearn.metrics import average_precision_score
 
 from noise_audit.core import head as heads
 from noise_audit.core import scores
 from noise_audit.core.blocks import Block, Blocks
 from noise_audit.core.linear_influence import LinearHeadInfluence
-from noise_audit.core.noise_model import temperature
+from noise_audit.core.noise_model import noise_model_parts, true_class_probs
 
 if TYPE_CHECKING:
     from noise_audit.core.pipeline import Signals
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 CANDIDATES = (0.0, 0.5, 1.0)  # the weights the probe chooses from
 PLANTINGS = 3  # plantings per audit (one planting missed 3 of 6 rows in the study, three none)
 MAX_PROBE_ROWS = 5000  # rows the probe refits on, at most (a stratified subsample above)
-RATE_BOUNDS = (0.02, 0.3)  # the share of clean rows planted: cleanlab's estimated noise rate, clipped
+RATE_BOUNDS = (0.02, 0.3)  # the share of clean rows planted: the noise model's rate, clipped
 MIN_PLANTED = 10  # flips per planting, at least: an AP of fewer is noise
 MIN_CLEAN_ROWS = 4 * MIN_PLANTED  # clean training rows needed to probe at all
 
@@ -139,13 +139,6 @@ def clean_rows(first_ranking: np.ndarray, is_test: np.ndarray, n_suspects: int) 
     return mask
 
 
-def planting_plan(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(noise matrix N[given, true], noise rate)`` as cleanlab estimates them from out-of-sample
-    probabilities: how labels seem to go wrong here, and how often (``sum_j p(j) (1 - N[j, j])``)."""
-    py, noise, _, _ = estimate_py_and_noise_matrices_from_probabilities(labels, pred_probs)
-    return np.asarray(noise, dtype=float), float(np.sum(py * (1.0 - np.diag(noise))))
-
-
 def plant_flips(labels: np.ndarray, rows: np.ndarray, noise_matrix: npt.ArrayLike, n: int,
                 rng: np.random.Generator) -> np.ndarray:
     """``labels`` with ``n`` of ``rows`` (a mask) flipped as the noise matrix says labels go wrong.
@@ -170,20 +163,29 @@ def plant_flips(labels: np.ndarray, rows: np.ndarray, noise_matrix: npt.ArrayLik
 
 
 def planted_views(blocks: Blocks, n_features: int, n_classes: int, l2: float, folds: int,
-                  init: torch.nn.Module | None, device: torch.device | str | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(out-of-fold logits, average influence)`` of the labels in ``blocks``' ``y`` column: the
-    audit's stages (:mod:`noise_audit.core.pipeline`) on the planted labels, from ``init``'s head."""
+                  init: torch.nn.Module | None,
+                  device: torch.device | str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(out-of-fold logits, cleaner folds' logits, average influence)`` of the labels in
+    ``blocks``' ``y`` column: the audit's stages (:func:`noise_audit.core.pipeline.linear_signals`,
+    the clean-and-refit step included) on the planted labels, from ``init``'s head."""
     oos = heads.cross_val_logits(blocks, n_features, n_classes, l2, folds, init=init, device=device)
     head, _ = heads.fit_linear_head(blocks, n_features, n_classes, l2, rows="train", init=init, device=device)
     avg = LinearHeadInfluence.from_head(head, l2).fit_blocks(blocks).train_and_test_influence()
-    return oos, avg
+    drop = scores.refit_suspects(blocks.map_concat(_column, "y"), oos, avg)
+    clean_oos = heads.cross_val_logits(blocks.with_column("fit", ~drop), n_features, n_classes, l2, folds, init=init,
+                                       device=device)
+    return oos, clean_oos, avg
 
 
-def candidate_aps(planted: np.ndarray, rows: np.ndarray, average_influence: np.ndarray, oos_loss: np.ndarray,
+def candidate_aps(planted: np.ndarray, rows: np.ndarray, labels: np.ndarray, is_test: np.ndarray,
+                  views: tuple[np.ndarray, np.ndarray, np.ndarray],
                   candidates: tuple[float, ...] = CANDIDATES) -> dict[float, float]:
-    """Each candidate weight's AP at ranking the ``planted`` flips first among ``rows`` (masks)."""
-    return {w: float(average_precision_score(planted[rows], scores.ranking_score(average_influence, oos_loss, w)[rows]))
-            for w in candidates}
+    """Each candidate weight's AP at ranking the ``planted`` flips first among ``rows`` (masks), the
+    ranking being the audit's own (:func:`~noise_audit.core.scores.audit_ranking`) of ``labels``
+    and the :func:`planted_views`."""
+    oos, clean_oos, avg = views
+    return {w: float(average_precision_score(
+        planted[rows], scores.audit_ranking(labels, oos, clean_oos, avg, is_test, w)[rows])) for w in candidates}
 
 
 def pick_weight(aps: dict[float, float], default: float = scores.INFLUENCE_WEIGHT) -> float:
@@ -194,55 +196,68 @@ def pick_weight(aps: dict[float, float], default: float = scores.INFLUENCE_WEIGH
     return max(aps, key=aps.__getitem__)
 
 
-def choose_influence_weight(x: np.ndarray | Blocks, labels: np.ndarray, is_test: np.ndarray, fold: np.ndarray, l2: float,
-                            folds: int, oos_logits: np.ndarray, first_ranking: np.ndarray,
-                            init: torch.nn.Module | None = None, seed: int = 0,
+def choose_influence_weight(x: np.ndarray | Blocks, labels: np.ndarray, is_test: np.ndarray, fold: np.ndarray,
+                            l2: float, folds: int, first_ranking: np.ndarray, noise_matrix: npt.ArrayLike,
+                            noise_rate: float, init: torch.nn.Module | None = None, seed: int = 0,
                             device: torch.device | str | None = None, plantings: int = PLANTINGS,
-                            max_rows: int = MAX_PROBE_ROWS, n_classes: int | None = None) -> WeightChoice:
-    """The probe (module doc) on standardised features ``x`` (an array, or :class:`Blocks` with an
-    ``x`` column, local or on Dask workers: only the probe's rows come here), the given
-    ``labels``, the held-out mask, each row's ``fold``, the head's ``l2``, the audit's out-of-fold
-    logits and its ranking at the fixed weight. ``init``: the audit's head (the refits start from
-    it, as the audit's folds do)."""
+                            max_rows: int = MAX_PROBE_ROWS) -> WeightChoice:
+    """The probe (module doc).
+
+    Args:
+        x: standardised features, an array or :class:`Blocks` with an ``x``
+            column (local or on Dask workers: only the probe's rows come here).
+        labels, is_test, fold: the given labels, the held-out mask and each
+            row's cross-validation fold.
+        l2, folds: the head's L2 strength and the number of folds.
+        first_ranking: the audit's ranking at the fixed weight (who looks clean).
+        noise_matrix: ``N[given, true]`` of the noise model
+            (:func:`~noise_audit.core.noise_model.noise_model_parts`).
+        noise_rate: the noise model's share of wrong training labels (the
+            mean wrong-label posterior): as many are left out as suspects,
+            and that share of the rest is planted (within :data:`RATE_BOUNDS`).
+        init: the audit's head; the refits start from it, as the audit's
+            folds do.
+    """
     t0 = time.perf_counter()
     labels, is_test = np.asarray(labels), np.asarray(is_test, dtype=bool)
-    n_classes = n_classes or oos_logits.shape[1]
-    noise, rate = planting_plan(labels[~is_test], softmax(oos_logits[~is_test], axis=1))
-    n_suspects = scores.estimate_num_issues(labels[~is_test], softmax(oos_logits[~is_test], axis=1))
-    clean = clean_rows(first_ranking, is_test, n_suspects)
+    n_classes = np.asarray(noise_matrix).shape[0]
+    clean = clean_rows(first_ranking, is_test, int(round(noise_rate * (~is_test).sum())))
     keep = probe_rows(labels * 2 + is_test, max_rows, seed)  # held-out rows keep their share too
     y, test, clean = labels[keep], is_test[keep], clean[keep]
-    n_plant = max(MIN_PLANTED, int(round(float(np.clip(rate, *RATE_BOUNDS)) * clean.sum())))
+    n_plant = max(MIN_PLANTED, int(round(float(np.clip(noise_rate, *RATE_BOUNDS)) * clean.sum())))
     if clean.sum() < MIN_CLEAN_ROWS or test.sum() == 0:
         return fixed(scores.INFLUENCE_WEIGHT, "auto", note=f"too few clean training rows to probe ({int(clean.sum())})")
     xs = gather_rows(x, keep) if isinstance(x, Blocks) else np.asarray(x[keep], dtype=np.float64)
     per_planting = []
     for k in range(plantings):
-        planted = plant_flips(y, clean, noise, n_plant, np.random.default_rng([seed, k]))
+        planted = plant_flips(y, clean, noise_matrix, n_plant, np.random.default_rng([seed, k]))
         blocks = Blocks.from_arrays({"x": xs, "y": planted, "train": ~test, "fold": fold[keep]}, device=device)
-        oos, avg = planted_views(blocks, xs.shape[1], n_classes, l2, folds, init, device)
-        t = scores.loss_view_temperature(planted, oos, temperature(oos, planted), test)
-        loss = scores.given_label_loss(oos / t, planted)
-        per_planting.append(candidate_aps(planted != y, clean, avg, loss))
+        views = planted_views(blocks, xs.shape[1], n_classes, l2, folds, init, device)
+        per_planting.append(candidate_aps(planted != y, clean, planted, test, views))
     mean = {w: float(np.mean([p[w] for p in per_planting])) for w in CANDIDATES}
     return WeightChoice(pick_weight(mean), "auto", mean, per_planting, rows=len(keep), planted=n_plant,
-                        seconds=time.perf_counter() - t0, noise_rate=rate)
+                        seconds=time.perf_counter() - t0, noise_rate=float(noise_rate))
 
 
 def audit_weight(requested: float | str, x: np.ndarray | Blocks, labels: np.ndarray, is_test: np.ndarray,
                  fold: np.ndarray, signals: Signals, folds: int, seed: int = 0,
-                 device: torch.device | str | None = None, linear_head: bool = True) -> WeightChoice:
+                 device: torch.device | str | None = None, linear_head: bool = True,
+                 noise_parts: tuple[np.ndarray, np.ndarray] | None = None) -> WeightChoice:
     """An audit's influence weight: ``requested`` when it is a number, else the probe's choice
-    (:func:`choose_influence_weight`) from the audit's stages' ``signals``. A fine-tuned last
-    block (``linear_head=False``) keeps ½: the probe refits the linear head only."""
+    (:func:`choose_influence_weight`) from the audit's stages' ``signals``. ``noise_parts``: the
+    noise model's :func:`~noise_audit.core.noise_model.noise_model_parts`, when the caller has
+    them. A fine-tuned last block (``linear_head=False``) keeps ½: the probe refits linear heads."""
     if requested != "auto":
         return fixed(float(requested), float(requested))
     if not linear_head:
         return fixed(scores.INFLUENCE_WEIGHT, "auto", note="a fine-tuned last block: the probe refits linear heads only")
+    labels, is_test = np.asarray(labels), np.asarray(is_test, dtype=bool)
+    probs, noise = noise_parts or noise_model_parts(labels, signals.oos_logits, signals.clean_oos_logits, is_test)
+    wrong = 1.0 - true_class_probs(labels, probs, noise)[np.arange(len(labels)), labels]
     first = scores.audit_ranking(labels, signals.oos_logits, signals.clean_oos_logits, signals.average_influence,
                                  is_test)
-    return choose_influence_weight(x, labels, is_test, fold, signals.l2, folds, signals.oos_logits, first,
-                                   init=signals.head, seed=seed, device=device)
+    return choose_influence_weight(x, labels, is_test, fold, signals.l2, folds, first, noise,
+                                   float(wrong[~is_test].mean()), init=signals.head, seed=seed, device=device)
 
 
 def gather_rows(blocks: Blocks, rows: np.ndarray, name: str = "x") -> np.ndarray:
@@ -251,6 +266,10 @@ def gather_rows(blocks: Blocks, rows: np.ndarray, name: str = "x") -> np.ndarray
     mask = np.zeros(blocks.n, dtype=bool)
     mask[rows] = True
     return np.asarray(blocks.with_column("probe", mask).map_concat(_selected, name), dtype=np.float64)
+
+
+def _column(block: Block, name: str) -> Any:
+    return block[name]
 
 
 def _selected(block: Block, name: str) -> Any:
