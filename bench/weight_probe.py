@@ -18,8 +18,8 @@ came from a previous study on cells like these and was not changed here);
 **seed 2 is reported**. ``--pair-rows`` adds a systematic-noise row on
 three-class sets (pair flips, where influence should be kept).
 
-    nice python bench/weight_probe.py                     # the table, bench/results/weight_probe.json
-    nice python bench/weight_probe.py --train 500 --test 200   # smaller, faster
+    nice python bench/weight_probe.py --train 500 --test 200 --pair-rows   # bench/results/weight_probe.json
+    nice python bench/weight_probe.py --tiny --pair-rows                   # bench/results/weight_probe_tiny.json
 """
 
 import argparse
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from _common import cifar_root, machine, split_files, table, write_json
+from _common import SEED_CLASSES, cifar_root, machine, split_files, table, tiny_files, write_json
 
 PAIRS = (("cat", "dog"), ("automobile", "truck"), ("deer", "horse"))
 TRIPLES = (("cat", "dog", "deer"), ("automobile", "truck", "airplane"))
@@ -38,11 +38,20 @@ SINGLES = ("average_influence", "self_influence", "label_quality", "loss", "loo_
 HIGH = {"average_influence": -1, "self_influence": 1, "label_quality": -1, "loss": 1, "loo_loss": 1}
 
 
-def load(classes, n_train, n_test):
+TINY_TRIPLE = ("dining_table", "gondola", "lifeboat")
+
+
+def load(classes, n_train, n_test, tiny=False):
     """``(raw features, labels, is_test)`` of ``classes``: ``n_train`` per class from CIFAR-10's
-    train split, ``n_test`` per class from its test split (stratified, seed 0), 32 px."""
+    train split, ``n_test`` per class from its test split (stratified, seed 0), 32 px; or, with
+    ``tiny``, Tiny ImageNet's train/ and val/ images of ``classes`` at 64 px."""
     from noise_audit.core import features as feats
 
+    if tiny:
+        paths, y, is_test = tiny_files(list(classes))
+        raw, _ = feats.extract_features(list(paths), feats.get_backbone("efficientnet_lite0", image_size=64),
+                                        progress=False)
+        return raw, y, is_test
     root = cifar_root()
     p_tr, y_tr, _ = split_files(root, "train", n_train * len(classes), seed=0, only=classes)
     p_te, y_te, _ = split_files(root, "test", n_test * len(classes), seed=0, only=classes)
@@ -101,17 +110,23 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     p.add_argument("--pair-rows", action="store_true", help="also pair flips (20%%) on three-class sets")
+    p.add_argument("--tiny", action="store_true",
+                   help="Tiny ImageNet at 64 px instead: the seed pair (uniform flips) and, with --pair-rows, "
+                        "dining_table/gondola/lifeboat with 30%% pair flips (the tests' data)")
     p.add_argument("--results-dir", default=None)
     args = p.parse_args()
-    sets = [(c, "uniform", r) for c in PAIRS for r in args.rates]
-    if args.pair_rows:
-        sets += [(c, "pair", 0.2) for c in TRIPLES]
+    if args.tiny:
+        sets = [(tuple(SEED_CLASSES), "uniform", r) for r in args.rates]
+        sets += [(TINY_TRIPLE, "pair", 0.3)] if args.pair_rows else []
+    else:
+        sets = [(c, "uniform", r) for c in PAIRS for r in args.rates]
+        sets += [(c, "pair", 0.2) for c in TRIPLES] if args.pair_rows else []
     cells, t_all = [], time.perf_counter()
     loaded = {}
     for classes, strategy, rate in sets:
         if classes not in loaded:
             t = time.perf_counter()
-            loaded[classes] = load(list(classes), args.train, args.test)
+            loaded[classes] = load(list(classes), args.train, args.test, args.tiny)
             print(f"[{'/'.join(classes)}] features {time.perf_counter() - t:.1f} s", flush=True)
         raw, y, is_test = loaded[classes]
         for seed in args.seeds:
@@ -157,7 +172,7 @@ def main():
               f"of {sm['n_rows']}")
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
-    write_json("weight_probe", {"args": vars(args), "machine": machine(), "seconds": round(total, 1),
+    write_json("weight_probe_tiny" if args.tiny else "weight_probe", {"args": vars(args), "machine": machine(), "seconds": round(total, 1),
                                 "summary": summary, "cells": cells}, args.results_dir)
 
 
