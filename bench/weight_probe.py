@@ -134,6 +134,8 @@ def main():
             c["data"] = "/".join(classes)
             c["split"] = "tuning" if seed in TUNING_SEEDS else "reported"
             cells.append(c)
+            write_json(_name(args), {"args": vars(args), "machine": machine(), "complete": False, "cells": cells},
+                       args.results_dir)  # what is done so far survives an interrupted run
             print(f"[{c['data']}] {strategy} {rate:.0%} seed {seed}: fixed {c['ap_fixed']:.3f} auto {c['ap_auto']:.3f} "
                   f"(w={c['weight']}) cleanlab {c['ap_cleanlab']:.3f}; probe APs {c['probe'] and c['probe']['average_precision']} "
                   f"audit {c['audit_seconds']} s, probe {c['probe_seconds']} s", flush=True)
@@ -172,8 +174,12 @@ def main():
               f"of {sm['n_rows']}")
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
-    write_json("weight_probe_tiny" if args.tiny else "weight_probe", {"args": vars(args), "machine": machine(), "seconds": round(total, 1),
-                                "summary": summary, "cells": cells}, args.results_dir)
+    write_json(_name(args), {"args": vars(args), "machine": machine(), "complete": True,
+                             "seconds": round(total, 1), "summary": summary, "cells": cells}, args.results_dir)
+
+
+def _name(args):
+    return "weight_probe_tiny" if args.tiny else "weight_probe"
 
 
 if __name__ == "__main__":
