@@ -144,7 +144,7 @@ def test_audit_chooses_the_weight_records_it_and_ranks_with_it(make_small_datase
 
     ds = make_small_dataset()
     na.inject_label_noise(ds.match_tags("train"), fraction=0.2, strategy="pair", seed=0)
-    kw = dict(image_size=32, progress=False)
+    kw = dict(image_size=32, folds=2, progress=False)
     auto = na.audit(ds, "ground_truth_noisy", key="auto", **kw)
     c = auto.config
     probe = c["influence_weight_probe"]
