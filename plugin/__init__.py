@@ -50,7 +50,7 @@ IMAGE_PARAMS = ("backbone", "weights", "image_size")
 INJECT_PARAMS = ("label_field", "fraction", "seed", "noisy_field", "flag_field", "strategy")
 REMOVE_PARAMS = ("noisy_field", "flag_field")
 AUDIT_PARAMS = ("label_field", "key", "overwrite", "backbone", "weights", "method", "regularization", "folds",
-                "image_size", "precision", "device", "min_box_size")
+                "image_size", "precision", "device", "min_box_size", "influence_weight")
 REPORT_PARAMS = ("key", "out_dir", "truth_field")
 
 
@@ -270,6 +270,9 @@ class RunNoiseAudit(foo.Operator):
         if label_field and validation.label_field_kind(target, label_field) == "detections":
             inputs.float("min_box_size", default=d["min_box_size"], label="Smallest box side (px)",
                          description="Boxes with a side under this are skipped (counted in one warning)")
+        inputs.str("influence_weight", default=d["influence_weight"], label="Influence weight",
+                   description="The ranking's share of average influence: auto (chosen by flips planted into the "
+                   "data) or a number in [0, 1]")
         if embeddings_field is None:
             inputs.int("image_size", default=d["image_size"], label="Image size (px)")
             inputs.enum("precision", list(PRECISIONS), default=d["precision"], label="Precision",
@@ -279,6 +282,7 @@ class RunNoiseAudit(foo.Operator):
         inputs.enum("device", list(dict.fromkeys((d["device"], "cpu", "cuda"))), default=d["device"], label="Device",
                     description=f"{d['device']}: a CUDA GPU when the server has one, else the CPU", view=types.DropdownView())
         _check_params(ctx, inputs, {"regularization": validation.regularization, "folds": validation.folds,
+                                    "influence_weight": validation.influence_weight,
                                     **({"image_size": validation.image_size, "precision": resolve_precision}
                                        if embeddings_field is None else {})})
         if len(target) == 0:

@@ -134,6 +134,8 @@ def test_16_bit_png_is_scaled_to_8_bit_not_white(images, bb32, tmp_path):
     (dict(image_size="64"), r"image_size must be a positive integer \(pixels\), not '64' \(a str\)"),
     (dict(regularization="abc"), "regularization must be a positive number or 'auto'"),
     (dict(regularization=float("nan")), "regularization must be a positive number"),
+    (dict(influence_weight=1.5), r"influence_weight must be 'auto' or a number in \[0, 1\]"),
+    (dict(influence_weight="half"), r"influence_weight must be 'auto' or a number in \[0, 1\] .*not 'half' \(a str\)"),
     (dict(folds=1), "folds must be an integer of at least 2"),
     (dict(seed=-1), "seed must be a non-negative integer"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
@@ -172,6 +174,9 @@ def run_main(capsys, *argv):
 @pytest.mark.parametrize("argv, message", [
     (["audit", "--regularization", "abc"], "error: --regularization must be a positive number or 'auto' "
                                            "(influence needs an invertible Hessian), not 'abc'"),
+    (["audit", "--influence-weight", "2"], "error: --influence-weight must be 'auto' or a number in [0, 1] (the "
+                                           "ranking's share of average influence; 0.5 was the fixed weight before), "
+                                           "not '2'"),
     (["audit", "--image-size", "0"], "error: --image-size must be a positive integer (pixels), not 0"),
     (["audit", "--image-size", "-5"], "error: --image-size must be a positive integer (pixels), not -5"),
     (["audit", "--folds", "1"], "error: --folds must be an integer of at least 2, not 1"),

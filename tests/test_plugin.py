@@ -228,7 +228,7 @@ def test_form_defaults_are_the_library_defaults(make_small_dataset, plugins_dir,
     assert props["noisy_field"].default == f"{inject['label_field']}_noisy"  # what the library names it
     props = form("run_noise_audit", ds)
     for name in ("label_field", "key", "overwrite", "backbone", "method", "regularization", "folds", "image_size",
-                 "device"):
+                 "device", "influence_weight"):
         assert props[name].default == audit[name], name
     assert props["regularization"].default == DEFAULT_L2
     assert props["backbone"].type.values == list(BACKBONES)
@@ -279,7 +279,8 @@ def test_form_bounds_are_the_library_checks(make_small_dataset, plugins_dir):
     ds = make_small_dataset(n_train=10, n_val=5)
     for name, params, param in (("inject_label_noise", {"fraction": 1.0}, "fraction"),
                                 ("run_noise_audit", {"folds": 1}, "folds"),
-                                ("run_noise_audit", {"regularization": 0.0}, "regularization")):
+                                ("run_noise_audit", {"regularization": 0.0}, "regularization"),
+                                ("run_noise_audit", {"influence_weight": "2"}, "influence_weight")):
         with pytest.raises(na.NoiseAuditError) as direct:
             (na.inject_label_noise if name == "inject_label_noise" else na.audit)(ds, **params)
         error = form(name, ds, **params).get(f"{param}_error")

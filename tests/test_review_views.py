@@ -133,6 +133,7 @@ def test_a_reaudit_of_the_applied_review_reads_the_cache_and_starts_warm(fresh):
     _, first = na.load_audit(ds, KEY)
     again = na.reaudit(ds, KEY, "reviewed_labels", new_key="after_review", overwrite=True, progress=False)
     assert again.config["warm_start"] == KEY and again.features_computed == 0
+    assert again.config["influence_weight_requested"] == "auto"  # the first audit's request, chosen again
     assert list(again.ids) == list(first.ids) and np.array_equal(again.is_test, first.is_test)
     # the corrected labels are what the re-audit reads
     assert [again.classes[k] for k in again.labels] == [truth[i] if i in flipped else lab for i, lab in

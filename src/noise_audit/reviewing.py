@@ -117,6 +117,8 @@ def reaudit(samples: SampleCollection, key: str, label_field: str, new_key: str 
         "weights": config.get("weights"), "cache_dir": config.get("cache_dir"),
         "train_last_block": bool(config.get("train_last_block")),
         "test": dataset.select(held_out), "warm_start": key,
+        # as asked for ("auto" chooses again); audits from before the choice had 0.5
+        "influence_weight": config.get("influence_weight_requested", 0.5),
     }
     settings.update(kwargs)
     return audit(dataset.select(ids, ordered=True), label_field, key=new_key or f"{key}_reviewed",

@@ -81,6 +81,21 @@ def regularization(value: Any, name: str = "regularization") -> float | str:
     return number
 
 
+def influence_weight(value: Any, name: str = "influence_weight") -> float | str:
+    """``"auto"`` (chosen per audit, :mod:`noise_audit.core.weight_probe`) or a number in
+    [0, 1], the ranking's share of average influence (a numeric string is converted)."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    try:
+        number = float(value) if isinstance(value, str) or _is_number(value) else math.nan
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= 1):
+        raise NoiseAuditError(f"{name} must be 'auto' or a number in [0, 1] (the ranking's share of average "
+                              f"influence; 0.5 was the fixed weight before), not {_shown(value, name)}")
+    return number
+
+
 def image_size(value: Any, name: str = "image_size") -> int:
     return integer(value, name, 1, " (pixels)")
 

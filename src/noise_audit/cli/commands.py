@@ -170,7 +170,7 @@ def cmd_audit(args: argparse.Namespace) -> str:
     try:
         r = audit(view, args.label_field, test=args.test, key=args.key, backbone=args.backbone,
                   weights=args.weights, image_size=args.image_size, precision=args.precision, method=args.method,
-                  regularization=reg,
+                  regularization=reg, influence_weight=args.influence_weight,
                   folds=args.folds, seed=args.seed, overwrite=args.overwrite, progress=not args.json,
                   device=args.device, client=client, embeddings_field=args.embeddings_field,
                   warm_start=True if args.warm_start == "auto" else args.warm_start, min_box_size=args.min_box_size)

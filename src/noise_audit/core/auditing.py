@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 from noise_audit import validation
 from noise_audit._version import __version__
 from noise_audit.core import embeddings, finetune, noise_model, object_audit, objects, pipeline, scores
-from noise_audit.core import suggestions
+from noise_audit.core import suggestions, weight_probe
 from noise_audit.core import warm_start as warm
 from noise_audit.core.backbones import Backbone
 from noise_audit.core.features import get_backbone
@@ -133,6 +133,7 @@ def audit(
     warm_start: str | bool | None = None,
     embeddings_field: str | None = None,
     min_box_size: float = objects.DEFAULT_MIN_BOX_SIZE,
+    influence_weight: float | str = "auto",
 ) -> AuditResults:
     """Audits a FiftyOne image-classification view for mislabeled samples.
 
@@ -203,6 +204,13 @@ def audit(
             ``train_last_block`` must stay at their defaults. The run's config
             records the field and a fingerprint of its vectors, and
             explanations refuse to run once the vectors change.
+        influence_weight: the ranking's share of average influence:
+            ``"auto"`` (default) chooses 0, 0.5 or 1 by flips planted into
+            this audit's data (:mod:`noise_audit.core.weight_probe`; it refits
+            the folds and the head three times on at most 5,000 rows), a
+            number in [0, 1] fixes it (0.5 gives the scores of earlier
+            versions). The config records the choice and each candidate's
+            AP at finding the planted flips.
 
         min_box_size: for a ``Detections`` field, boxes with a side under
             this many pixels are skipped (counted in one warning, with empty
@@ -228,13 +236,15 @@ def audit(
         image_size = validation.image_size(image_size)
     method = validation.influence_method(method, train_last_block, distributed=client is not None)
     regularization = validation.regularization(regularization)
+    influence_weight = validation.influence_weight(influence_weight)
     if validation.label_field_kind(samples, label_field) == "detections":
         return _audit_objects(samples, label_field, test=test, key=key, backbone=backbone, weights=weights,
                               transform=transform, image_size=image_size, precision=precision, method=method,
                               regularization=regularization, folds=folds, seed=seed, batch_size=batch_size,
                               overwrite=overwrite, progress=progress, on_progress=on_progress,
                               train_last_block=train_last_block, device=device, client=client,
-                              warm_start=warm_start, embeddings_field=embeddings_field, min_box_size=min_box_size)
+                              warm_start=warm_start, embeddings_field=embeddings_field, min_box_size=min_box_size,
+                              influence_weight=influence_weight)
     if embeddings_field is not None:  # the field's vectors are the features: nothing is computed from pixels
         validation.image_settings_unused(embeddings_field, image_settings_given(
             backbone=backbone, weights=weights, transform=transform, image_size=image_size,
@@ -272,14 +282,17 @@ def audit(
             if start_from else None)
     out = _head_and_influence(features, columns, len(data.classes), regularization, folds, seed, method, clock,
                               make_head, progress, device, init)
+    clock.start("scores")  # the noise model, then the influence weight: its probe refits heads on the features
+    noise_parts = noise_model.noise_model_parts(data.labels, out.oos_logits, out.clean_oos_logits, is_test)
+    true_class = noise_model.true_class_probs(data.labels, *noise_parts)
+    weight = weight_probe.audit_weight(influence_weight, features.x if features.x is not None else features.blocks,
+                                       data.labels, is_test, columns["fold"], out, folds, seed, device,
+                                       linear_head=make_head is None, noise_parts=noise_parts)
     mean, std, n_computed = features.mean, features.std, features.n_computed
     features = None  # free the features before writing
-
-    clock.start("scores")
-    true_class = noise_model.true_class_posterior(data.labels, out.oos_logits, out.clean_oos_logits, is_test)
     signals, n_issues, suspect = scores.audit_signals(data.labels, is_test, out.oos_logits, out.clean_oos_logits,
                                                       out.average_influence, out.self_influence, out.loss,
-                                                      true_class=true_class)
+                                                      true_class=true_class, influence_weight=weight.weight)
     suggested = suggestions.suggested_labels(data.labels, signals["corruption_score"], true_class)
     clock.stop()
     config = dict(
@@ -291,6 +304,7 @@ def audit(
         device=str(device), dask_workers=len(client.scheduler_info()["workers"]) if client is not None else None,
         labels_fingerprint=labels_fingerprint(data.ids, [data.classes[k] for k in data.labels]),  # store/labels.py
         warm_start=start_from if init is not None and method in ("auto", "linear") else None,
+        **weight.config(),  # the influence weight, and the probe's APs when it chose it
     )
 
     clock.start("write")

@@ -282,6 +282,15 @@ def true_class_posterior(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean
     other columns say which class a wrong label should have been (the
     suggested label, :mod:`noise_audit.core.suggestions`).
     """
+    return true_class_probs(labels, *noise_model_parts(labels, oos_logits, clean_oos_logits, is_test))
+
+
+def noise_model_parts(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos_logits: npt.ArrayLike,
+                      is_test: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two parts of :func:`true_class_posterior`'s noise model: ``(P(true | x) (n, C), N[given, true])``.
+
+    The noise matrix also says how labels go wrong in this data, which the
+    influence weight's probe plants (:mod:`noise_audit.core.weight_probe`)."""
     labels = np.asarray(labels)
     clean = np.asarray(clean_oos_logits, dtype=float)
     _, start, _, _ = estimate_py_and_noise_matrices_from_probabilities(
@@ -289,7 +298,6 @@ def true_class_posterior(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean
     held_out = np.zeros(len(labels), bool) if is_test is None else np.asarray(is_test, dtype=bool)
     if held_out.sum() < MIN_HELD_OUT or held_out.all():
         t, noise = fit_noise_model(labels, clean, start)
-        return true_class_probs(labels, softmax(clean / t, axis=1), noise)
+        return softmax(clean / t, axis=1), noise
     probs = recalibrated_probs(clean, labels, held_out)
-    noise = fit_noise_matrix(labels[~held_out], probs[~held_out], start)
-    return true_class_probs(labels, probs, noise)
+    return probs, fit_noise_matrix(labels[~held_out], probs[~held_out], start)

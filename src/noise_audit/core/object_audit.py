@@ -31,7 +31,7 @@ from scipy.special import softmax
 
 from noise_audit import validation
 from noise_audit._version import __version__
-from noise_audit.core import embeddings, noise_model, objects, scores, suggestions
+from noise_audit.core import embeddings, noise_model, objects, scores, suggestions, weight_probe
 from noise_audit.core import influence as infl
 from noise_audit.core.stages import _Clock, _head_and_influence, _results_doc, _standardized
 from noise_audit.errors import NoiseAuditError
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 def audit_objects(samples: SampleCollection, label_field: str, *, test: Any, key: str, make_backbone: Callable[[], Backbone] | None,
                   source: dict[str, Any], method: str, regularization: float | str, folds: int, seed: int,
                   batch_size: int, overwrite: bool, progress: bool, on_progress: Callable[[str, float], Any] | None,
-                  device: Any, embeddings_attribute: str | None, min_box_size: float) -> AuditResults:
+                  device: Any, embeddings_attribute: str | None, min_box_size: float,
+                  influence_weight: float | str = "auto") -> AuditResults:
     """Audits the class of every box of ``label_field`` (see the module doc).
 
     ``make_backbone()`` gives the feature extractor (``None`` with
@@ -89,14 +90,16 @@ def audit_objects(samples: SampleCollection, label_field: str, *, test: Any, key
     clock.stop()
     out = _head_and_influence(features, columns, len(rows.classes), regularization, folds, seed, method, clock,
                               None, progress, device)
+    clock.start("scores")  # the noise model, then the influence weight: its probe refits heads on the features
+    noise_parts = noise_model.noise_model_parts(rows.labels, out.oos_logits, out.clean_oos_logits, is_test)
+    true_class = noise_model.true_class_probs(rows.labels, *noise_parts)
+    weight = weight_probe.audit_weight(influence_weight, features.x, rows.labels, is_test, fold, out, folds, seed,
+                                       device, noise_parts=noise_parts)  # the probe keeps the image-grouped folds
     mean, std = features.mean, features.std
     features = None
-
-    clock.start("scores")
-    true_class = noise_model.true_class_posterior(rows.labels, out.oos_logits, out.clean_oos_logits, is_test)
     signals, n_issues, suspect = scores.audit_signals(rows.labels, is_test, out.oos_logits, out.clean_oos_logits,
                                                       out.average_influence, out.self_influence, out.loss,
-                                                      true_class=true_class)
+                                                      true_class=true_class, influence_weight=weight.weight)
     best, _, _ = suggestions.suggested_labels(rows.labels, signals["corruption_score"], true_class)
     clock.stop()
 
@@ -124,6 +127,7 @@ def audit_objects(samples: SampleCollection, label_field: str, *, test: Any, key
         n_parameters=infl.n_parameters(out.head), fields=fields, version=__version__, cache_dir=None,
         train_last_block=False, device=str(device), dask_workers=None, warm_start=None,
         labels_fingerprint=labels_fingerprint(rows.ids, [rows.classes[k] for k in rows.labels]),
+        **weight.config(),  # the influence weight, and the probe's APs when it chose it
     )
     timings = dict(clock.timings)
     config["timings"] = timings

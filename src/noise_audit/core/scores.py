@@ -21,7 +21,10 @@ wrong. It is built in three steps:
    labels that hurt the held-out set. Out-of-sample methods go blind to
    **systematic** flips (class a labelled b again and again): the folds learn
    the flip. Influence on held-out samples still sees the harm. Each is
-   divided by its spread and the two are averaged (:func:`ranking_score`).
+   divided by its spread and the two are mixed (:func:`ranking_score`):
+   influence's share is chosen per audit from 0, ½ and 1 by flips planted
+   into the audit's own data (:mod:`noise_audit.core.weight_probe`), unless
+   the caller fixes it (½, the fixed weight of earlier versions).
    The loss is taken at the first folds' temperature or at the raw logits,
    whichever ranks wrong labels planted on the held-out rows better
    (:func:`loss_view_temperature`).
@@ -56,7 +59,9 @@ from sklearn.metrics import roc_auc_score
 from noise_audit.core.noise_model import (MIN_HELD_OUT, bounded_logits, calibrate, calibrated_probs, temperature,
                                           wrong_label_posterior)
 
-INFLUENCE_WEIGHT = 0.5  # share of average influence in the ranking (tuned on ten64 seeds 0-1)
+# Share of average influence in the ranking when the caller fixes it, and the probe's tie-break
+# (tuned on ten64 seeds 0-1); an audit chooses it from the data (noise_audit.core.weight_probe).
+INFLUENCE_WEIGHT = 0.5
 
 
 def label_quality(labels: npt.ArrayLike, pred_probs: np.ndarray) -> np.ndarray:
@@ -168,16 +173,24 @@ def corruption_score(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos
         ranking it preserves.
     """
     labels = np.asarray(labels)
-    # Ranking: the cleaner folds' loss at the temperature the first folds show
-    # on the given labels (the same heads on fewer rows), or at the raw logits.
-    t = loss_view_temperature(labels, clean_oos_logits, temperature(oos_logits, labels), is_test)
-    clean_loss = given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
-    ranking = ranking_score(average_influence, clean_loss, influence_weight)
+    ranking = audit_ranking(labels, oos_logits, clean_oos_logits, average_influence, is_test, influence_weight)
     if true_class is None:
         target = wrong_label_posterior(labels, oos_logits, clean_oos_logits, is_test)
     else:
         target = 1.0 - np.asarray(true_class)[np.arange(len(labels)), labels]
     return calibrate(ranking, target), ranking
+
+
+def audit_ranking(labels: npt.ArrayLike, oos_logits: npt.ArrayLike, clean_oos_logits: npt.ArrayLike,
+                  average_influence: npt.ArrayLike, is_test: npt.ArrayLike | None = None,
+                  influence_weight: float = INFLUENCE_WEIGHT) -> np.ndarray:
+    """The uncalibrated ranking of :func:`corruption_score` (its arguments): the cleaner folds'
+    loss at the temperature the first folds show on the given labels (the same heads on fewer
+    rows), or at the raw logits (:func:`loss_view_temperature`), mixed with average influence."""
+    labels = np.asarray(labels)
+    t = loss_view_temperature(labels, clean_oos_logits, temperature(oos_logits, labels), is_test)
+    clean_loss = given_label_loss(np.asarray(clean_oos_logits, dtype=float) / t, labels)
+    return ranking_score(average_influence, clean_loss, influence_weight)
 
 
 def flag_top(scores: np.ndarray, n: int) -> np.ndarray:
@@ -211,12 +224,13 @@ def suspects(score: np.ndarray, n: int) -> np.ndarray:
 
 def audit_signals(labels: npt.ArrayLike, is_test: npt.ArrayLike, oos_logits: npt.ArrayLike,
                   clean_oos_logits: npt.ArrayLike, average_influence: npt.ArrayLike,
-                  self_influence: np.ndarray, loss: np.ndarray,
-                  true_class: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
+                  self_influence: np.ndarray, loss: np.ndarray, true_class: np.ndarray | None = None,
+                  influence_weight: float = INFLUENCE_WEIGHT) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
     """Every per-sample signal of an audit, from the head and influence stages.
 
     ``true_class``: the noise model's class posterior, if the caller has it
-    (see :func:`corruption_score`).
+    (see :func:`corruption_score`). ``influence_weight``: the ranking's share
+    of average influence (an audit's choice: :mod:`noise_audit.core.weight_probe`).
 
     Returns:
         ``(signals, num_issues, suspect)``: a dict of arrays (the names of the
@@ -229,7 +243,7 @@ def audit_signals(labels: npt.ArrayLike, is_test: npt.ArrayLike, oos_logits: npt
     # Held-out losses are out-of-sample already: no leave-one-out correction.
     loo = np.where(~is_test, loo_loss(loss, self_influence, int((~is_test).sum())), loss)
     score, ranking = corruption_score(labels, oos_logits, clean_oos_logits, average_influence, is_test,
-                                      true_class=true_class)
+                                      influence_weight=influence_weight, true_class=true_class)
     num_issues = expected_errors(score, is_test)
     signals = {
         "average_influence": np.asarray(average_influence), "self_influence": np.asarray(self_influence),

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from noise_audit.reports.numbers import fnum  # noqa: F401 (the page's number format, used here and re-exported)
+from noise_audit.reports.numbers import fnum, influence_weight_text  # noqa: F401 (the page's number format, used here and re-exported)
 from noise_audit.reports.review_section import review_html
 
 # Box sizes in CSS px, including a 3 px frame: 128 and 192 px of image (2x and 3x of 64 px).
@@ -196,7 +196,8 @@ def _model(s, figs):
             f"strength {fnum(m['regularization'])} ({fnum(m['n_parameters'])} parameters). Influence theory assumes a "
             "minimum: the training loss should flatten"
             + (f" (final gradient norm {fnum(hist['grad_norm'])})" if hist.get("grad_norm") is not None else "")
-            + ". Held-out metrics use the audited labels.")
+            + ". Held-out metrics use the audited labels. " + esc(influence_weight_text(m)[0].upper()
+                                                                   + influence_weight_text(m)[1:]) + ".")
     return "".join([
         f'<p class="lead">{lead}</p>',
         '<div class="row">', plot(figs["loss_curves"], "training and validation loss"),

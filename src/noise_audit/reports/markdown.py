@@ -17,7 +17,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from noise_audit.reports.numbers import fnum
+from noise_audit.reports.numbers import fnum, influence_weight_text
 from noise_audit.reports.review_section import review_markdown
 
 _PUNCTUATION = frozenset(string.punctuation)  # ASCII punctuation: every character Markdown may read as syntax
@@ -78,6 +78,7 @@ def render_markdown(s: Mapping[str, Any]) -> str:
         f"- **estimated label errors: {fnum(o['num_label_issues'])} ({fnum(o['label_error_rate'], 'pct')})**",
         f"- head: held-out accuracy {fnum(m['test_accuracy'], 'f')}, F1 (macro) {fnum(m['test_f1_macro'], 'f')}",
         f"- influence solver: {md(o['influence_method'])}",
+        f"- {md(influence_weight_text(m))}",
     ]
     if t:
         out.append(f"- truth {md(t['field'])}: {fnum(t['n_flipped'])} flipped; corruption score AUROC "

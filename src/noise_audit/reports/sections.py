@@ -74,6 +74,11 @@ def model(a, results):
                     # the linear head starts from zero weights: uniform predictions, loss ln C
                     "initial_loss": None if a.config.get("train_last_block") else float(np.log(len(a.classes)))},
         "regularization": a.config.get("regularization"), "n_parameters": a.config.get("n_parameters"),
+        # the ranking's share of average influence and how it was chosen (core/weight_probe.py; None: before the choice)
+        "influence_weight": a.config.get("influence_weight"),
+        "influence_weight_requested": a.config.get("influence_weight_requested"),
+        "influence_weight_probe": a.config.get("influence_weight_probe"),
+        "influence_weight_note": a.config.get("influence_weight_note"),
         "test_accuracy": float(results.test_accuracy), "test_f1_macro": float(results.test_f1_macro),
         "test_confusion": cm.tolist(), "per_class": per_class,
     }
