@@ -114,8 +114,8 @@ class WeightChoice:
             probe = {"candidates": list(self.candidates), "plantings": len(self.per_planting or []),
                      "average_precision": {str(w): ap for w, ap in self.average_precision.items()},
                      "per_planting": [{str(w): ap for w, ap in p.items()} for p in self.per_planting or []],
-                     "rows": self.rows, "planted": self.planted, "noise_rate": self.noise_rate,
-                     "seconds": round(self.seconds, 4)}
+                     "rows": self.rows, "planted": self.planted, "noise_rate": self.noise_rate}
+            # its seconds are not config (a rerun must store the same run): they are in the "scores" timing
         return {"influence_weight": self.weight, "influence_weight_requested": self.requested,
                 "influence_weight_probe": probe, "influence_weight_note": self.note}
 
