@@ -273,7 +273,7 @@ def part_cold_audit(precisions, n_test=10000, n_held=500):
     rows = [[p, f"{v['wall_s']:.0f}", f"{v['cpu_s_per_core']:.0f}", f"{v['timings_s']['features']:.0f}",
              f"{v['features_images_per_s']:.1f}", f"{v['load_avg_1m_before']:.1f} / {v['load_avg_1m_after']:.1f}"]
             for p, v in out["runs"].items()]
-    print(f"\ncold audit of {len(ds)} CIFAR-10 images at 224 px (empty feature cache); CPU-s / {CORES} cores is "
+    print(f"\ncold audit of {out['n_samples']} CIFAR-10 images at 224 px (empty feature cache); CPU-s / {CORES} cores is "
           "the wall time of a machine where the audit keeps every core busy (a lower bound of an idle machine's)\n")
     print(table(rows, ["precision", "wall s", f"CPU-s / {CORES}", "features s", "img/s", "load before / after"]))
     return out
