@@ -65,14 +65,19 @@ def fraction(value: Any, name: str = "fraction") -> float:
     return float(value)
 
 
+def _as_number(value: Any) -> float:
+    """``value`` as a float (a numeric string is converted), or NaN when it is not a number."""
+    try:
+        return float(value) if isinstance(value, str) or _is_number(value) else math.nan
+    except ValueError:
+        return math.nan
+
+
 def regularization(value: Any, name: str = "regularization") -> float | str:
     """``"auto"`` or a positive finite ``float`` (a numeric string is converted)."""
     if isinstance(value, str) and value == "auto":
         return value
-    try:
-        number = float(value) if isinstance(value, str) or _is_number(value) else math.nan
-    except ValueError:
-        number = math.nan
+    number = _as_number(value)
     if not (math.isfinite(number) and number > 0):
         raise NoiseAuditError(
             f"{name} must be a positive number or 'auto' (influence needs an invertible Hessian), "
@@ -86,10 +91,7 @@ def influence_weight(value: Any, name: str = "influence_weight") -> float | str:
     [0, 1], the ranking's share of average influence (a numeric string is converted)."""
     if isinstance(value, str) and value == "auto":
         return value
-    try:
-        number = float(value) if isinstance(value, str) or _is_number(value) else math.nan
-    except ValueError:
-        number = math.nan
+    number = _as_number(value)
     if not (math.isfinite(number) and 0 <= number <= 1):
         raise NoiseAuditError(f"{name} must be 'auto' or a number in [0, 1] (the ranking's share of average "
                               f"influence; 0.5 was the fixed weight before), not {_shown(value, name)}")
